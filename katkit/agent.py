@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""The builder agent: check out one commit into a fresh workspace and run its ci.sh. Standard library only.
+
+It runs inside every builder (a local process, a container, an ECS task). Its spec is a JSON file::
+
+    {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...}}
+
+``agent.py STATE_DIR`` reads ``STATE_DIR/spec.json`` and writes, in ``STATE_DIR``: ``log`` (ci.sh's stdout
+and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
+atomically, so a watcher that finds it knows the log is complete. ``--detach`` starts it in a new session
+and returns at once, so that the builder outlives the process that started it.
+``agent.py --spec FILE`` runs in the foreground with the log on stdout (containers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+AGENT_FAILURE = 255  # the agent itself could not run ci.sh (checkout failed, no ci.sh)
+
+
+def _say(out, text: str) -> None:
+    out.write(f"[katkit-agent] {text}\n".encode())
+    out.flush()
+
+
+def run(spec: dict, out) -> dict:
+    """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log."""
+    started = time.time()
+    ws = spec["workspace"]
+    sha = spec["sha"]
+    git_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    _say(out, f"checking out {sha} from {spec['repo_url']}")
+    for cmd in (
+        ["git", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
+        ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", sha],
+    ):
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=git_env, check=False)
+        if proc.returncode != 0:
+            out.write(proc.stdout)
+            reason = f"checkout failed: {' '.join(cmd[:2])} exited {proc.returncode}"
+            _say(out, reason)
+            return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
+    cwd = os.path.join(ws, spec.get("folder") or "")
+    script = spec.get("script", "ci.sh")
+    if not os.path.isfile(os.path.join(cwd, script)):
+        reason = f"{script} not found in {spec.get('folder') or 'the repository root'}"
+        _say(out, reason)
+        return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
+    _say(out, f"running {script} (phase {spec['env'].get('KATKIT_PHASE', '?')})")
+    ci_started = time.time()
+    proc = subprocess.run(["bash", script], cwd=cwd, env=spec["env"], stdout=out, stderr=subprocess.STDOUT, check=False)
+    code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+    ended = time.time()
+    reason = f"{script} exited {code} in {ended - ci_started:.1f} s"
+    _say(out, reason)
+    return {"exit_code": code, "reason": reason, "started_at": started, "ci_started_at": ci_started, "ended_at": ended}
+
+
+def run_in_state_dir(state_dir: str) -> int:
+    with open(os.path.join(state_dir, "spec.json")) as f:
+        spec = json.load(f)
+    with open(os.path.join(state_dir, "log"), "ab", buffering=0) as out:
+        try:
+            result = run(spec, out)
+        except Exception as exc:  # the agent must always leave exit.json behind
+            result = {"exit_code": AGENT_FAILURE, "reason": f"agent error: {exc}", "ended_at": time.time()}
+            _say(out, result["reason"])
+    tmp = os.path.join(state_dir, "exit.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(result, f)
+    os.replace(tmp, os.path.join(state_dir, "exit.json"))
+    return int(result["exit_code"])
+
+
+def detach(state_dir: str) -> int:
+    """Fork into a new session (double fork), record the pid, and return at once."""
+    pid = os.fork()
+    if pid:
+        _, status = os.waitpid(pid, 0)
+        return os.waitstatus_to_exitcode(status)
+    os.setsid()
+    grandchild = os.fork()
+    if grandchild:  # written before the caller returns, so the pid is there as soon as start() is
+        with open(os.path.join(state_dir, "pid.tmp"), "w") as f:
+            f.write(str(grandchild))
+        os.replace(os.path.join(state_dir, "pid.tmp"), os.path.join(state_dir, "pid"))
+        os._exit(0)
+    os.setsid()  # the agent leads its own process group: killing the group stops ci.sh and its children
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    code = run_in_state_dir(state_dir)
+    os._exit(code & 0xFF)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "--spec":
+        with open(argv[1]) as f:
+            spec = json.load(f)
+        result = run(spec, sys.stdout.buffer)
+        return int(result["exit_code"])
+    if len(argv) == 2 and argv[0] == "--detach":
+        return detach(argv[1])
+    if len(argv) == 1:
+        return run_in_state_dir(argv[0])
+    print("usage: agent.py [--detach] STATE_DIR | agent.py --spec FILE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

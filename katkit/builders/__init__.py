@@ -1,0 +1,71 @@
+"""Builders: where one phase shard's agent runs. A small protocol; backends are imported lazily by type.
+
+A builder is named from run, execution, phase and shard, so starting it again re-attaches instead of
+starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from katkit.config import TenantConfig
+
+
+class BuilderSpec(BaseModel):
+    name: str
+    labels: dict[str, str] = Field(default_factory=dict)
+    repo_url: str
+    sha: str
+    folder: str = ""
+    env: dict[str, str] = Field(default_factory=dict, repr=False)
+    image: str | None = None
+    local_fleet: bool = False
+
+
+class BuilderState(BaseModel):
+    running: bool
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class Builder(Protocol):
+    def start(self, spec: BuilderSpec) -> bool:
+        """Start the builder; False when one of that name exists already (re-attached, not started again)."""
+
+    def state(self, name: str) -> BuilderState: ...
+
+    def read_log(self, name: str, offset: int, limit: int) -> bytes:
+        """Log bytes from ``offset``; what the builder wrote so far, complete once it has exited."""
+
+    def remove(self, name: str) -> None:
+        """Stop the builder if it runs and delete it. Idempotent."""
+
+    def names(self) -> list[str]: ...
+
+
+def builder_name(run_id: str, attempt_key: str, phase: str, shard: int) -> str:
+    """``katkit-<readable run>-<phase>-<shard>-<hash>``: readable, unique per execution, stable across retries."""
+    digest = hashlib.sha256(f"{attempt_key}\0{phase}\0{shard}".encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9]+", "-", f"{run_id}".lower()).strip("-")[:40]
+    pslug = re.sub(r"[^a-z0-9]+", "-", phase.lower()).strip("-")[:20]
+    return f"katkit-{slug}-{pslug}-{shard}-{digest}"
+
+
+def get_builder(kind: str, home: Path) -> Builder:
+    if kind == "local":
+        from katkit.builders.local import LocalBuilder
+
+        return LocalBuilder(home / "builders")
+    from katkit.errors import BadInput
+
+    raise BadInput(f"builder {kind!r} is not available in this version; set the tenant's builder to local")
+
+
+def builder_for(tenant: TenantConfig, home: Path) -> Builder:
+    return get_builder(tenant.builder, home)

@@ -1,0 +1,176 @@
+"""katkit.yaml (tenants and links) and the connection settings (``KATKIT_*`` environment variables).
+
+Unknown keys and bad values are errors that name the key and the fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from katkit.errors import ConfigError, UnknownName
+
+_DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"1h30m"``, ``"2d"``; pass timedeltas through."""
+    if isinstance(value, timedelta) or value is None:
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m and any(m.groups()):
+            d, h, mi, s = (int(g or 0) for g in m.groups())
+            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+        if re.fullmatch(r"P.*", value):  # ISO 8601, as pydantic serialises timedeltas
+            return value
+    raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 24h, 1h30m or 2d")
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ApprovalPolicy(Strict):
+    required: bool = False
+    approvers: list[str] = Field(default_factory=list, description="who may decide; empty: anyone")
+    allow_self_approval: bool = False
+    timeout: Duration | None = None
+    on_timeout: Literal["reject", "cancel"] = "reject"
+
+
+class TenantConfig(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    platform: Literal["docker", "ecs", "local"] = "local"
+    builder: Literal["docker", "ecs", "local"] = "local"
+    approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
+    phase_timeout: Duration = timedelta(hours=1)
+
+
+class LinkConfig(Strict):
+    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    url: str
+    branch: str = "main"
+    folder: str = ""
+    tenants: list[str] = Field(default_factory=list)
+
+
+class KatkitConfig(Strict):
+    tenants: list[TenantConfig] = Field(default_factory=list)
+    links: list[LinkConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> KatkitConfig:
+        names = [t.name for t in self.tenants]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"tenant {name!r} is defined twice; give each tenant a unique name")
+        for link in self.links:
+            for t in link.tenants:
+                if t not in names:
+                    raise ValueError(f"link {link.repo!r} names tenant {t!r}, which is not in tenants; add it or fix the name")
+        return self
+
+    def tenant(self, name: str) -> TenantConfig:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        known = ", ".join(t.name for t in self.tenants) or "none"
+        raise UnknownName(f"unknown tenant {name!r} (known: {known}); add it to katkit.yaml under tenants")
+
+    def link(self, repo: str, tenant: str | None = None) -> LinkConfig:
+        for link in self.links:
+            if link.repo == repo:
+                if tenant is not None and tenant not in link.tenants:
+                    raise UnknownName(
+                        f"repo {repo!r} is not linked to tenant {tenant!r} (linked: {', '.join(link.tenants)}); "
+                        "add the tenant to the link's tenants in katkit.yaml"
+                    )
+                return link
+        known = ", ".join(link.repo for link in self.links) or "none"
+        raise UnknownName(f"unknown repo {repo!r} (known: {known}); add it to katkit.yaml under links")
+
+
+def _first_error(exc: ValidationError, source: str) -> ConfigError:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        return ConfigError(f"{source}: unknown key {where!r}; remove it or check its spelling against the README")
+    msg = err["msg"].removeprefix("Value error, ")
+    return ConfigError(f"{source}: {where}: {msg}")
+
+
+def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" at line {line + 1}" if line is not None else ""
+        raise ConfigError(f"{source}: not valid YAML{at}; fix the syntax") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping with 'tenants' and 'links' at the top level")
+    try:
+        return KatkitConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(exc, source) from None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> KatkitConfig:
+    """Read katkit.yaml from ``path``, else ``$KATKIT_CONFIG``, else ``./katkit.yaml``, else the katkit home's."""
+    candidates = [path, os.environ.get("KATKIT_CONFIG")] if path or os.environ.get("KATKIT_CONFIG") else [
+        "katkit.yaml",
+        Settings().home / "katkit.yaml",
+    ]
+    for c in candidates:
+        if c and Path(c).is_file():
+            return parse_config(Path(c).read_text(), str(c))
+    tried = ", ".join(str(c) for c in candidates if c)
+    raise ConfigError(f"no katkit.yaml found (tried {tried}); pass --config PATH or run 'katkit demo' to make one")
+
+
+class Settings(BaseSettings):
+    """Connection and storage settings, from ``KATKIT_*`` environment variables (and Temporal's own)."""
+
+    model_config = SettingsConfigDict(env_prefix="KATKIT_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.katkit")))
+    address: str = Field(default_factory=lambda: os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
+    namespace: str = Field(default_factory=lambda: os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    task_queue: str = "katkit"
+    tls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    ui_url: str = "http://localhost:8233"
+    log_dir: Path | None = None
+
+    @property
+    def logs_path(self) -> Path:
+        return self.log_dir or self.home / "logs"
+
+    def run_url(self, run_id: str) -> str:
+        from urllib.parse import quote
+
+        return f"{self.ui_url}/namespaces/{self.namespace}/workflows/{quote(run_id, safe='')}"
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = "KATKIT_" + str(err["loc"][0]).upper()
+        raise ConfigError(f"{key}: {err['msg']}; fix the environment variable") from None

@@ -1,0 +1,114 @@
+"""Git access for the worker and the starter: a bare mirror per repository URL, kept under the katkit home.
+
+Resolving a ref and reading files at a sha happen in the mirror, so nothing is checked out here; the
+builder's agent makes its own checkout.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import re
+import subprocess
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from katkit.errors import InfraError, RefNotFound
+
+_SHA = re.compile(r"^[0-9a-f]{4,40}$")
+GIT_TIMEOUT_S = 300
+
+
+def _git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    try:
+        proc = subprocess.run(
+            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
+        )
+    except FileNotFoundError:
+        raise InfraError("git is not installed; install git on the worker host") from None
+    except subprocess.TimeoutExpired:
+        raise InfraError(f"git {args[0]} took longer than {GIT_TIMEOUT_S}s") from None
+    if check and proc.returncode != 0:
+        raise InfraError(f"git {args[0]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+    return proc
+
+
+def normalize_url(url: str) -> str:
+    """A local path becomes an absolute path; URLs are kept."""
+    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+        return url
+    return str(Path(url).expanduser().resolve())
+
+
+class RepoMirror:
+    """Bare mirrors of linked repositories under ``cache_dir``, one per URL, safe across threads and processes."""
+
+    def __init__(self, cache_dir: Path) -> None:
+        self.cache_dir = cache_dir
+
+    def _path(self, url: str) -> Path:
+        return self.cache_dir / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+    @contextmanager
+    def _locked(self, url: str) -> Iterator[Path]:
+        path = self._path(url)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield path
+
+    def _fetch(self, url: str, path: Path) -> None:
+        if not (path / "HEAD").exists():
+            proc = _git("clone", "--quiet", "--mirror", url, str(path), check=False)
+            if proc.returncode != 0:
+                last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+                if "does not exist" in last or "not a git repository" in last or "not found" in last.lower():
+                    raise RefNotFound(f"repository {url} cannot be read ({last}); check the link's url in katkit.yaml")
+                raise InfraError(f"cannot clone {url}: {last}")
+        else:
+            _git("fetch", "--quiet", "--prune", "origin", cwd=path)
+
+    def _rev(self, path: Path, rev: str) -> str | None:
+        proc = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=path, check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else None
+
+    def resolve(self, url: str, *, sha: str | None = None, branch: str | None = None, pr: int | None = None) -> str:
+        """Return the full 40-character sha for a sha (full or abbreviated), a branch or a pull request."""
+        url = normalize_url(url)
+        with self._locked(url) as path:
+            if sha is not None:
+                if not _SHA.match(sha):
+                    raise RefNotFound(f"{sha!r} is not a commit sha; give 4 to 40 hex digits")
+                found = self._rev(path, sha) if (path / "HEAD").exists() else None
+                if found is None:
+                    self._fetch(url, path)
+                    found = self._rev(path, sha)
+                if found is None:
+                    raise RefNotFound(f"commit {sha} is not in {url}; push it or pick another with --sha")
+                return found
+            self._fetch(url, path)
+            ref = f"refs/heads/{branch}" if branch is not None else f"refs/pull/{pr}/head"
+            found = self._rev(path, ref)
+            if found is None:
+                what = f"branch {branch!r}" if branch is not None else f"pull request #{pr}"
+                raise RefNotFound(f"{what} is not in {url}; check the name")
+            return found
+
+    def read(self, url: str, sha: str, path_in_repo: str) -> str | None:
+        """The file's text at ``sha``, or None when the file is not there."""
+        url = normalize_url(url)
+        with self._locked(url) as path:
+            if self._rev(path, sha) is None:
+                self._fetch(url, path)
+            proc = _git("show", f"{sha}:{path_in_repo}", cwd=path, check=False)
+        if proc.returncode != 0:
+            if "does not exist" in proc.stderr or "exists on disk, but not in" in proc.stderr:
+                return None
+            raise InfraError(f"cannot read {path_in_repo} at {sha[:12]}: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def mirror_path(self, url: str) -> Path:
+        return self._path(normalize_url(url))

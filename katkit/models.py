@@ -1,0 +1,183 @@
+"""Data that crosses the workflow/activity boundary and the starter API: all pydantic, all JSON.
+
+One input model per call (``<Thing>Input`` / ``<Thing>Result``) so fields can be added without breaking
+callers. Nothing here may hold a secret: these payloads are shown in the Temporal web UI.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from katkit.config import LinkConfig, TenantConfig
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(frozen=False, extra="ignore")
+
+
+class PhaseType(StrEnum):
+    EXECUTION = "execution"
+    DEPLOYMENT = "deployment"
+
+
+class Phase(Model):
+    """One phase of a tenant's workflow, read from katkitconfig.js."""
+
+    name: str
+    type: PhaseType
+    order: int = 0
+    parallelism: int = 1
+    build_params: dict[str, str] = Field(default_factory=dict)
+    image: str | None = None
+
+
+class ServiceDescription(Model):
+    """servicedescription/servicedescription.js: ``Name`` and ``DockerImage`` plus everything else, kept as is."""
+
+    name: str
+    docker_image: str
+    fields: dict[str, object] = Field(default_factory=dict, description="the whole file, passed through")
+
+    def image_for(self, sha: str) -> str:
+        return self.docker_image.replace("<hubtag>", sha)
+
+
+class RunPlan(Model):
+    """What the checkout activity read from the repository at the run's sha."""
+
+    sha: str
+    env_entry: str = Field(description="the katkitconfig.js EnvName entry chosen: the tenant's ENV or 'default'")
+    local_fleet: bool = False
+    phases: list[Phase]
+    service: ServiceDescription | None = None
+
+
+class CommitRunInput(Model):
+    """Start one commit of one link in one tenant. Config is resolved by the starter, so a run is self-contained."""
+
+    tenant: TenantConfig
+    link: LinkConfig
+    sha: str
+    ref: str = Field("", description="what the user asked for, e.g. 'branch main' or 'pr 12'")
+    started_by: str
+
+
+class CheckoutInput(Model):
+    link: LinkConfig
+    env: str
+    sha: str
+
+
+class ShardInput(Model):
+    run_id: str = Field(description="the workflow id (KATKIT_RUN_ID)")
+    attempt_key: str = Field(description="unique per workflow execution, so a re-run gets fresh builders")
+    tenant: TenantConfig
+    link: LinkConfig
+    sha: str
+    phase: Phase
+    shard_index: int
+    local_fleet: bool = False
+    deadline: datetime = Field(description="when ci.sh is killed and the shard fails (the phase timeout)")
+
+
+class RemoveBuilderInput(Model):
+    tenant: TenantConfig
+    builder: str
+
+
+class ShardResult(Model):
+    builder: str
+    exit_code: int
+    log_key: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    reattached: bool = False
+    message: str = ""
+
+
+class DeployInput(Model):
+    run_id: str
+    tenant: TenantConfig
+    sha: str
+    service: ServiceDescription
+    started_by: str
+    approved_by: list[str] = Field(default_factory=list)
+
+
+class DeployResult(Model):
+    service: str
+    image: str
+    previous_image: str | None = None
+    replicas: int
+    extra_config: str | None = None
+    deployed_at: datetime
+
+
+class DecisionInput(Model):
+    """Input of the ``approve`` / ``reject`` signals: ``{"by": "alice", "comment": "..."}``."""
+
+    by: str = ""
+    comment: str = ""
+    reason: str = ""
+
+
+class Decision(Model):
+    kind: Literal["approve", "reject", "timeout"]
+    by: str
+    at: datetime
+    text: str = ""
+    accepted: bool = True
+    refused_because: str = ""
+
+
+class ShardState(Model):
+    index: int
+    state: str = "pending"
+    exit_code: int | None = None
+    log_key: str = ""
+    duration_s: float | None = None
+
+
+class PhaseState(Model):
+    name: str
+    type: PhaseType
+    order: int
+    parallelism: int = 1
+    state: str = "pending"  # pending running succeeded failed cancelled skipped awaiting_approval deploying
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    shards: list[ShardState] = Field(default_factory=list)
+    message: str = ""
+
+
+class ApprovalState(Model):
+    required: bool = False
+    approvers: list[str] = Field(default_factory=list)
+    allow_self_approval: bool = False
+    awaiting: bool = False
+    since: datetime | None = None
+    decisions: list[Decision] = Field(default_factory=list)
+
+
+class RunStatus(Model):
+    """What the ``status`` query returns and what a finished run's result holds."""
+
+    run_id: str
+    tenant: str
+    env: str
+    repo: str
+    sha: str
+    ref: str = ""
+    started_by: str
+    status: str = "running"  # running awaiting_approval deploying succeeded failed rejected cancelled
+    phase: str = ""
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    phases: list[PhaseState] = Field(default_factory=list)
+    approval: ApprovalState = Field(default_factory=ApprovalState)
+    deployed: DeployResult | None = None
+    error: str = ""

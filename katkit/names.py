@@ -1,0 +1,37 @@
+"""Names in Temporal that users, scripts and the UI rely on: workflow types and ids, signals, search attributes."""
+
+from __future__ import annotations
+
+import re
+
+from temporalio.common import SearchAttributeKey
+
+TASK_QUEUE = "katkit"
+COMMIT_RUN = "CommitRun"
+PROMOTION = "Promotion"
+SIGNAL_APPROVE = "approve"
+SIGNAL_REJECT = "reject"
+UPDATE_DECIDE = "decide"
+QUERY_STATUS = "status"
+
+SA_TENANT = SearchAttributeKey.for_keyword("KatkitTenant")
+SA_REPO = SearchAttributeKey.for_keyword("KatkitRepo")
+SA_SHA = SearchAttributeKey.for_keyword("KatkitSha")
+SA_PHASE = SearchAttributeKey.for_keyword("KatkitPhase")
+SA_STATUS = SearchAttributeKey.for_keyword("KatkitStatus")
+SEARCH_ATTRIBUTES = (SA_TENANT, SA_REPO, SA_SHA, SA_PHASE, SA_STATUS)
+
+TERMINAL_STATUSES = ("succeeded", "failed", "rejected", "cancelled")
+
+
+def commit_run_id(tenant: str, repo: str, sha: str) -> str:
+    """The business key of a run: one open run per tenant, repo and sha, readable in the UI."""
+    return f"run-{tenant}-{repo}-{sha[:12]}"
+
+
+def log_key(run_id: str, execution: str, phase: str, shard: int) -> str:
+    return f"{_safe(run_id)}/{_safe(execution)}/{_safe(phase)}/{shard}.log"
+
+
+def _safe(part: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)

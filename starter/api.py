@@ -1,0 +1,277 @@
+"""The starter API: connect, start a run, approve, reject, cancel, status, logs, list.
+
+    async with await Katkit.connect() as kk:          # settings from KATKIT_* env, katkit.yaml found as usual
+        handle = await kk.start_run("d-taskrunner", "taskrunner", branch="main", by="alice")
+        status = await kk.wait(handle.run_id)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus as ExecStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from katkit.builders import get_builder
+from katkit.config import KatkitConfig, Settings, load_config, load_settings
+from katkit.errors import BadInput, RunFailed, UnknownName
+from katkit.gitrepo import RepoMirror
+from katkit.logstore import DirLogStore, LogStore
+from katkit.models import CommitRunInput, Decision, DecisionInput, PhaseType, RunStatus
+from katkit.names import (
+    COMMIT_RUN,
+    QUERY_STATUS,
+    SA_PHASE,
+    SA_REPO,
+    SA_SHA,
+    SA_STATUS,
+    SA_TENANT,
+    TERMINAL_STATUSES,
+    UPDATE_DECIDE,
+    commit_run_id,
+    log_key,
+)
+from katkit.plan import read_plan
+from katkit.platforms import get_platform
+from katkit.temporal import connect
+
+_OPEN = ExecStatus.RUNNING
+
+
+@dataclass
+class RunHandle:
+    run_id: str
+    sha: str
+    url: str
+    existing: bool = False
+    """True when the same run was already open: it was returned, not started again."""
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    tenant: str
+    repo: str
+    sha: str
+    status: str
+    phase: str
+    started: str
+
+
+class Katkit:
+    def __init__(self, client: Client, settings: Settings, config: KatkitConfig | None = None,
+                 log_store: LogStore | None = None) -> None:
+        self.client = client
+        self.settings = settings
+        self._config = config
+        self.log_store = log_store or DirLogStore(settings.logs_path)
+        self.mirror = RepoMirror(settings.home / "git")
+
+    @classmethod
+    async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None) -> Katkit:
+        settings = settings or load_settings()
+        return cls(await connect(settings), settings, config)
+
+    async def __aenter__(self) -> Katkit:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    @property
+    def config(self) -> KatkitConfig:
+        if self._config is None:
+            self._config = load_config()
+        return self._config
+
+    # -- starting ------------------------------------------------------------------------------------------
+    def prepare_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
+                    pr: int | None = None, by: str | None = None) -> CommitRunInput:
+        """Check everything a run needs (names, ref, repo files, backends) without starting anything."""
+        if [sha, branch, pr].count(None) != 2:
+            raise BadInput("give exactly one of --sha, --branch or --pr")
+        tenant_cfg = self.config.tenant(tenant)
+        link = self.config.link(repo, tenant)
+        full = self.mirror.resolve(link.url, sha=sha, branch=branch, pr=pr)
+        plan = read_plan(self.mirror, link, tenant_cfg.env, full)
+        if any(p.type == PhaseType.EXECUTION for p in plan.phases):
+            get_builder(tenant_cfg.builder, self.settings.home)
+        if plan.service is not None:
+            get_platform(tenant_cfg.platform, self.settings.home)
+        ref = f"sha {sha}" if sha else f"branch {branch}" if branch else f"pr {pr}"
+        return CommitRunInput(tenant=tenant_cfg, link=link, sha=full, ref=ref, started_by=by or getpass.getuser())
+
+    async def start_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
+                        pr: int | None = None, by: str | None = None) -> RunHandle:
+        inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by)
+        return await self.start_prepared(inp)
+
+    async def start_prepared(self, inp: CommitRunInput) -> RunHandle:
+        run_id = commit_run_id(inp.tenant.name, inp.link.repo, inp.sha)
+        existing = await self._is_open(run_id)
+        await self.client.start_workflow(
+            COMMIT_RUN, inp, id=run_id, task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(SA_TENANT, inp.tenant.name), SearchAttributePair(SA_REPO, inp.link.repo),
+                SearchAttributePair(SA_SHA, inp.sha), SearchAttributePair(SA_PHASE, "checkout"),
+                SearchAttributePair(SA_STATUS, "running"),
+            ]),
+            memo={"started_by": inp.started_by, "ref": inp.ref},
+            static_summary=f"{inp.link.repo}@{inp.sha[:12]} -> {inp.tenant.name} ({inp.tenant.env}), by {inp.started_by}",
+        )
+        return RunHandle(run_id=run_id, sha=inp.sha, url=self.settings.run_url(run_id), existing=existing)
+
+    async def _is_open(self, run_id: str) -> bool:
+        try:
+            desc = await self.client.get_workflow_handle(run_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status == _OPEN
+
+    # -- the gate ----------------------------------------------------------------------------------------
+    async def approve(self, run_id: str, by: str, comment: str = "") -> Decision:
+        return await self._decide(run_id, "approve", DecisionInput(by=by, comment=comment))
+
+    async def reject(self, run_id: str, by: str, reason: str = "") -> Decision:
+        return await self._decide(run_id, "reject", DecisionInput(by=by, reason=reason))
+
+    async def _decide(self, run_id: str, kind: str, inp: DecisionInput) -> Decision:
+        handle = await self._handle(run_id)
+        try:
+            return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            raise BadInput(f"{kind} refused: {msg}") from None
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise BadInput(f"{kind} refused: run {run_id} is not open") from None
+            raise
+
+    async def cancel(self, run_id: str) -> None:
+        handle = await self._handle(run_id)
+        await handle.cancel()
+
+    # -- watching ----------------------------------------------------------------------------------------
+    async def _handle(self, run_id: str) -> WorkflowHandle:
+        handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+        try:
+            await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise UnknownName(f"no run {run_id!r}; list runs with 'katkit list'") from None
+            raise
+        return handle
+
+    async def status(self, run_id: str) -> RunStatus:
+        """The run's status: queried while it runs, read from its result or failure once it has closed."""
+        handle = await self._handle(run_id)
+        desc = await handle.describe()
+        if desc.status == _OPEN:
+            return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
+        return await self._closed_status(handle, desc.status)
+
+    async def _closed_status(self, handle: WorkflowHandle, status: ExecStatus | None) -> RunStatus:
+        try:
+            return await handle.result(follow_runs=False)
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                details = cause.details[0]
+                return details if isinstance(details, RunStatus) else RunStatus.model_validate(details)
+            try:  # cancelled or terminated: the last state the workflow reported
+                return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
+            except Exception:  # noqa: BLE001 - no worker to answer: say what history says
+                name = status.name.lower() if status else "closed"
+                return RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?",
+                                 status="cancelled" if name == "canceled" else name, error=str(cause or exc))
+
+    async def wait(self, run_id: str, on_change=None, interval: float = 0.3) -> RunStatus:
+        """Wait for the run to end; call ``on_change(status)`` whenever it moves. Raise RunFailed unless it succeeded."""
+        handle = await self._handle(run_id)
+        last = None
+        while True:
+            desc = await handle.describe()
+            if desc.status == _OPEN:
+                try:
+                    st = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
+                except RPCError:
+                    await asyncio.sleep(interval)
+                    continue
+            else:
+                st = await self._closed_status(handle, desc.status)
+            snapshot = st.model_dump_json(exclude={"approval": {"since"}})
+            if snapshot != last and on_change is not None:
+                on_change(st)
+            last = snapshot
+            if desc.status != _OPEN:
+                if st.status != "succeeded":
+                    raise RunFailed(f"run {run_id} {st.status}: {st.error or st.status}")
+                return st
+            await asyncio.sleep(interval)
+
+    async def list(self, tenant: str | None = None, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        parts = [f'WorkflowType = "{COMMIT_RUN}"']
+        if tenant:
+            parts.append(f'{SA_TENANT.name} = "{tenant}"')
+        if status:
+            parts.append(f'{SA_STATUS.name} = "{status}"')
+        out = []
+        async for wf in self.client.list_workflows(" AND ".join(parts), limit=limit):
+            sa = wf.typed_search_attributes
+            out.append(RunSummary(
+                run_id=wf.id, tenant=sa.get(SA_TENANT) or "", repo=sa.get(SA_REPO) or "", sha=(sa.get(SA_SHA) or "")[:12],
+                status=sa.get(SA_STATUS) or "", phase=sa.get(SA_PHASE) or "",
+                started=wf.start_time.strftime("%Y-%m-%d %H:%M:%S") if wf.start_time else "",
+            ))
+        return out
+
+    async def log_keys(self, run_id: str, phase: str | None = None) -> tuple[RunStatus, list[tuple[str, str]]]:
+        """The run's status and ``(label, log key)`` of each shard of each execution phase (or of ``phase``)."""
+        handle = await self._handle(run_id)
+        execution = (await handle.describe()).run_id
+        st = await self.status(run_id)
+        names = [p.name for p in st.phases]
+        if phase is not None and phase not in names:
+            raise UnknownName(f"run {run_id} has no phase {phase!r} (phases: {', '.join(names) or 'none yet'})")
+        keys = []
+        for p in st.phases:
+            if p.type != PhaseType.EXECUTION or (phase and p.name != phase) or p.state in ("pending", "skipped"):
+                continue
+            for s in p.shards:
+                label = p.name if p.parallelism == 1 else f"{p.name}#{s.index}"
+                keys.append((label, s.log_key or log_key(run_id, execution, p.name, s.index)))
+        return st, keys
+
+    async def follow_logs(self, run_id: str, phase: str | None = None, follow: bool = False,
+                          interval: float = 0.3) -> AsyncIterator[tuple[str, bytes]]:
+        """Yield ``(label, bytes)`` from the log store; with ``follow``, until the run (or ``phase``) has ended."""
+        offsets: dict[str, int] = {}
+        while True:
+            st, keys = await self.log_keys(run_id, phase)
+            settled = st.status in TERMINAL_STATUSES or (
+                phase is not None and any(p.name == phase and p.ended_at is not None for p in st.phases))
+            for label, key in keys:
+                data = self.log_store.read(key, offsets.get(key, 0))
+                if data:
+                    offsets[key] = offsets.get(key, 0) + len(data)
+                    yield label, data
+            if not follow or settled:
+                return
+            await asyncio.sleep(interval)

@@ -1,0 +1,59 @@
+"""The katkit worker: polls the ``katkit`` task queue and runs CommitRun and its activities.
+
+Run it with ``katkit worker`` (or ``python worker.py``); any number of workers may poll the same queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import KatkitActivities
+from katkit.config import Settings, load_settings
+from katkit.log import configure_logging, get_logger
+from katkit.logstore import DirLogStore
+from katkit.temporal import connect, ensure_search_attributes
+from workflows import CommitRun
+
+MAX_CONCURRENT_ACTIVITIES = 100
+log = get_logger("katkit.worker")
+
+
+def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
+    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path))
+    return Worker(
+        client,
+        task_queue=task_queue or settings.task_queue,
+        workflows=[CommitRun],
+        activities=activities.all(),
+        activity_executor=executor,
+        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+    )
+
+
+async def run_worker(settings: Settings, client: Client | None = None, stop: asyncio.Event | None = None) -> None:
+    client = client or await connect(settings)
+    added = await ensure_search_attributes(client)
+    if added:
+        log.info("registered search attributes", names=added)
+    with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
+        worker = build_worker(client, settings, executor)
+        log.info("worker started", task_queue=settings.task_queue, address=settings.address, pid=os.getpid())
+        if stop is None:
+            await worker.run()
+        else:
+            async with worker:
+                await stop.wait()
+
+
+def main() -> None:
+    configure_logging()
+    asyncio.run(run_worker(load_settings()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,313 @@
+"""``CommitRun``: one commit of one link in one tenant, its phases in order.
+
+checkout (resolve + validate every file) -> each execution phase: its shards at once, fail fast ->
+the deployment phase: the approval gate if the tenant requires one, then deploy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.katkit_activities import KatkitActivities
+    from katkit.builders import builder_name
+    from katkit.errors import BAD_INPUT_TYPE
+    from katkit.models import (
+        ApprovalState,
+        CheckoutInput,
+        CommitRunInput,
+        Decision,
+        DecisionInput,
+        DeployInput,
+        Phase,
+        PhaseState,
+        PhaseType,
+        RemoveBuilderInput,
+        RunPlan,
+        RunStatus,
+        ShardInput,
+        ShardResult,
+        ShardState,
+    )
+    from katkit.names import (
+        COMMIT_RUN,
+        QUERY_STATUS,
+        SA_PHASE,
+        SA_REPO,
+        SA_SHA,
+        SA_STATUS,
+        SA_TENANT,
+        SIGNAL_APPROVE,
+        SIGNAL_REJECT,
+        UPDATE_DECIDE,
+    )
+
+INFRA_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=[BAD_INPUT_TYPE],
+)
+CHECKOUT_TIMEOUT = timedelta(minutes=10)
+SHARD_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
+SHARD_TIMEOUT_MARGIN = timedelta(minutes=5)
+DEPLOY_TIMEOUT = timedelta(minutes=30)
+CLEANUP_TIMEOUT = timedelta(minutes=2)
+
+
+class RunFailure(Exception):
+    """Internal: a phase failed or the gate said no; the message is the one line the user sees."""
+
+    def __init__(self, message: str, status: str = "failed") -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@workflow.defn(name=COMMIT_RUN)
+class CommitRun:
+    @workflow.init
+    def __init__(self, inp: CommitRunInput) -> None:
+        policy = inp.tenant.approval
+        self._inp = inp
+        self._status = RunStatus(
+            run_id=workflow.info().workflow_id, tenant=inp.tenant.name, env=inp.tenant.env, repo=inp.link.repo,
+            sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(),
+            approval=ApprovalState(required=policy.required, approvers=list(policy.approvers),
+                                   allow_self_approval=policy.allow_self_approval),
+        )
+        self._verdict: Decision | None = None
+        self._cleanup_later: list[str] = []
+        self._search_attributes: dict[str, str] = {}
+
+    # -- the run ---------------------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: CommitRunInput) -> RunStatus:
+        try:
+            self._set(status="running", phase="checkout")
+            plan: RunPlan = await workflow.execute_activity_method(
+                KatkitActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha),
+                start_to_close_timeout=CHECKOUT_TIMEOUT, retry_policy=INFRA_RETRY,
+                summary=f"checkout {inp.link.repo}@{inp.sha[:12]}",
+            )
+            self._status.phases = [
+                PhaseState(name=p.name, type=p.type, order=p.order, parallelism=p.parallelism,
+                           shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
+                for p in plan.phases
+            ]
+            for phase, state in zip(plan.phases, self._status.phases):
+                if phase.type == PhaseType.EXECUTION:
+                    await self._execute(phase, state, plan)
+                else:
+                    await self._deploy(phase, state, plan)
+            self._finish("succeeded")
+            return self._status
+        except RunFailure as exc:
+            self._finish(exc.status, str(exc))
+            raise ApplicationError(str(exc), self._status, type="RunFailed", non_retryable=True) from None
+        except ActivityError as exc:
+            cause = exc.cause.message if isinstance(exc.cause, FailureError) else str(exc)
+            self._finish("failed", cause)
+            raise ApplicationError(cause, self._status, type="RunFailed", non_retryable=True) from None
+        except (asyncio.CancelledError, CancelledError):
+            self._finish("cancelled", "cancelled")
+            raise
+
+    async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
+        self._start_phase(state, "running")
+        deadline = workflow.now() + self._inp.tenant.phase_timeout
+        attempt = workflow.info().run_id
+        tasks = {
+            asyncio.ensure_future(workflow.execute_activity_method(
+                KatkitActivities.run_shard,
+                ShardInput(run_id=self._status.run_id, attempt_key=attempt, tenant=self._inp.tenant, link=self._inp.link,
+                           sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet, deadline=deadline),
+                start_to_close_timeout=self._inp.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
+                heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}",
+            )): i
+            for i in range(phase.parallelism)
+        }
+        for shard in state.shards:
+            shard.state = "running"
+        failure = ""
+        pending = set(tasks)
+        try:
+            while pending and not failure:
+                done, pending = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    failure = failure or self._record_shard(phase, state.shards[tasks[task]], task)
+        except (asyncio.CancelledError, CancelledError):
+            await self._cancel_shards(pending, state, "cancelled")
+            self._end_phase(state, "cancelled")
+            raise
+        if failure:
+            await self._cancel_shards(pending, state, "cancelled (another shard failed)")
+            self._end_phase(state, "failed", failure)
+            raise RunFailure(f"phase {phase.name} failed: {failure}")
+        self._end_phase(state, "succeeded")
+
+    def _record_shard(self, phase: Phase, shard: ShardState, task: asyncio.Future[ShardResult]) -> str:
+        """Record a finished shard; return why it failed, or '' when it succeeded."""
+        label = f"shard {shard.index + 1}/{phase.parallelism}"
+        exc = task.exception()
+        if exc is not None:
+            shard.state = "failed"
+            cause = exc.cause.message if isinstance(exc, ActivityError) and isinstance(exc.cause, FailureError) else str(exc)
+            self._cleanup_later.append(builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index))
+            return f"{label}: {cause}"
+        result = task.result()
+        shard.exit_code, shard.log_key = result.exit_code, result.log_key
+        if result.started_at and result.ended_at:
+            shard.duration_s = round((result.ended_at - result.started_at).total_seconds(), 3)
+        if result.exit_code == 0:
+            shard.state = "succeeded"
+            return ""
+        shard.state = "failed"
+        return f"{label}: {result.message or f'exited {result.exit_code}'}"
+
+    async def _cancel_shards(self, pending: set[asyncio.Future[ShardResult]], state: PhaseState, why: str) -> None:
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - each shard's own end is recorded below
+                pass
+        for shard in state.shards:
+            if shard.state == "running":
+                shard.state = why
+        for name in self._cleanup_later:  # builders whose activity gave up: never leave them behind
+            await workflow.execute_activity_method(
+                KatkitActivities.remove_builder, RemoveBuilderInput(tenant=self._inp.tenant, builder=name),
+                start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY,
+            )
+        self._cleanup_later.clear()
+
+    async def _deploy(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
+        assert plan.service is not None
+        policy = self._inp.tenant.approval
+        approved_by: list[str] = []
+        if policy.required:
+            self._start_phase(state, "awaiting_approval")
+            self._status.approval.awaiting = True
+            self._status.approval.since = workflow.now()
+            try:
+                await workflow.wait_condition(lambda: self._verdict is not None, timeout=policy.timeout)
+            except asyncio.TimeoutError:
+                self._verdict = Decision(kind="timeout", by="timeout", at=workflow.now(),
+                                         text=f"no decision within {policy.timeout}; on_timeout is {policy.on_timeout}")
+                self._status.approval.decisions.append(self._verdict)
+            self._status.approval.awaiting = False
+            verdict = self._verdict
+            assert verdict is not None
+            if verdict.kind != "approve":
+                if verdict.kind == "timeout" and policy.on_timeout == "cancel":
+                    self._end_phase(state, "cancelled", verdict.text)
+                    raise asyncio.CancelledError(verdict.text)
+                self._end_phase(state, "rejected", f"rejected by {verdict.by}: {verdict.text}".rstrip(": "))
+                raise RunFailure(state.message, status="rejected")
+            approved_by = [verdict.by]
+        self._start_phase(state, "deploying")
+        image = plan.service.image_for(plan.sha)
+        result = await workflow.execute_activity_method(
+            KatkitActivities.deploy,
+            DeployInput(run_id=self._status.run_id, tenant=self._inp.tenant, sha=plan.sha, service=plan.service,
+                        started_by=self._inp.started_by, approved_by=approved_by),
+            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=INFRA_RETRY,
+            summary=f"deploy {plan.service.name} -> {image}",
+        )
+        self._status.deployed = result
+        self._end_phase(state, "succeeded", f"deployed {result.image}")
+
+    # -- status and search attributes --------------------------------------------------------------------
+    def _set(self, *, status: str | None = None, phase: str | None = None) -> None:
+        """Change the run's status/phase and keep KatkitStatus/KatkitPhase (one upsert, only what changed)."""
+        self._status.status = status or self._status.status
+        self._status.phase = phase or self._status.phase
+        updates = []
+        for key, value in ((SA_STATUS, self._status.status), (SA_PHASE, self._status.phase)):
+            if value and self._search_attributes.get(key.name) != value:
+                self._search_attributes[key.name] = value
+                updates.append(key.value_set(value))
+        if not self._search_attributes.get(SA_TENANT.name):  # started without them (e.g. by `temporal workflow start`)
+            for key, value in ((SA_TENANT, self._status.tenant), (SA_REPO, self._status.repo), (SA_SHA, self._status.sha)):
+                self._search_attributes[key.name] = value
+                if workflow.info().typed_search_attributes.get(key) != value:
+                    updates.append(key.value_set(value))
+        if updates:
+            workflow.upsert_search_attributes(updates)
+
+    def _start_phase(self, state: PhaseState, run_state: str) -> None:
+        state.state, state.started_at = run_state, state.started_at or workflow.now()
+        self._set(status="running" if run_state == "running" else run_state, phase=state.name)
+
+    def _end_phase(self, state: PhaseState, end_state: str, message: str = "") -> None:
+        state.state, state.ended_at, state.message = end_state, workflow.now(), message
+
+    def _finish(self, status: str, error: str = "") -> None:
+        for p in self._status.phases:
+            if p.state == "pending":
+                p.state = "skipped"
+        self._status.error = error
+        self._status.ended_at = workflow.now()
+        self._set(status=status)
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> RunStatus:
+        return self._status
+
+    # -- the approval gate ---------------------------------------------------------------------------------
+    def _refusal(self, kind: str, by: str) -> str:
+        """Why ``by`` may not make this decision now, or '' when they may."""
+        policy, tenant = self._inp.tenant.approval, self._inp.tenant.name
+        if not by.strip():
+            return "the decision has no 'by'; send {\"by\": \"<user>\", ...}"
+        if not self._status.approval.awaiting:
+            if self._verdict is not None:
+                return f"the gate was already decided ({self._verdict.kind} by {self._verdict.by})"
+            return f"the run is not waiting for approval (status {self._status.status})"
+        if policy.approvers and by not in policy.approvers:
+            return f"{by} is not an approver of tenant {tenant} (approvers: {', '.join(policy.approvers)})"
+        if kind == "approve" and by == self._inp.started_by and not policy.allow_self_approval:
+            return f"{by} started this run and tenant {tenant} does not allow self-approval"
+        return ""
+
+    def _decide(self, kind: str, inp: DecisionInput) -> Decision:
+        text = inp.comment if kind == "approve" else (inp.reason or inp.comment)
+        refused = self._refusal(kind, inp.by)
+        decision = Decision(kind=kind, by=inp.by, at=workflow.now(), text=text,  # type: ignore[arg-type]
+                            accepted=not refused, refused_because=refused)
+        self._status.approval.decisions.append(decision)
+        if refused:
+            workflow.logger.warning("decision refused: %s", refused)
+        else:
+            self._verdict = decision
+        return decision
+
+    @workflow.signal(name=SIGNAL_APPROVE)
+    def approve(self, inp: DecisionInput) -> None:
+        self._decide("approve", inp)
+
+    @workflow.signal(name=SIGNAL_REJECT)
+    def reject(self, inp: DecisionInput) -> None:
+        self._decide("reject", inp)
+
+    @workflow.update(name=UPDATE_DECIDE)
+    def decide(self, kind: str, inp: DecisionInput) -> Decision:
+        """The CLI's way to decide: the validator answers at once and a refused decision writes no history."""
+        return self._decide(kind, inp)
+
+    @decide.validator
+    def _validate_decide(self, kind: str, inp: DecisionInput) -> None:
+        if kind not in ("approve", "reject"):
+            raise ValueError(f"unknown decision {kind!r}; use approve or reject")
+        refused = self._refusal(kind, inp.by)
+        if refused:
+            raise ValueError(refused)

@@ -89,7 +89,7 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     parallelism = _as_int(raw.get("Parallelism", 1), file, f"phase {name!r} Parallelism")
     if parallelism < 1:
         raise RepoFileError(file, f"phase {name!r} has Parallelism {parallelism}", "use 1 or more")
-    image = raw.get("ContinerImage", raw.get("ContainerImage"))
+    image = raw.get("ContinerImage") or raw.get("ContainerImage")
     if isinstance(image, str) and not image.strip():
         image = None
     if image is not None and not isinstance(image, str):

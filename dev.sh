@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The newcomer's entry point. It makes .venv, installs katkit with its test tools, then:
+#   ./dev.sh demo     the main job end to end (Temporal dev server + worker + a sample repo through DEV and PROD)
+#   ./dev.sh test     the whole test suite (what CI runs)
+#   ./dev.sh bench    the benchmarks
+#   ./dev.sh ARGS     any katkit command, e.g. ./dev.sh status RUN
+set -euo pipefail
+cd "$(dirname "$0")"
+py=${PYTHON:-python3}
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  echo "dev.sh: katkit needs Python 3.11 or newer; set PYTHON=/path/to/python3.11" >&2
+  exit 2
+fi
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+stamp=.venv/.katkit-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "dev.sh: installing katkit and its dependencies into .venv ..." >&2
+  .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+  touch "$stamp"
+fi
+cmd=${1:-demo}
+[ $# -gt 0 ] && shift
+case "$cmd" in
+  demo) exec .venv/bin/katkit demo "$@" ;;
+  test) exec .venv/bin/python -m pytest "$@" ;;
+  bench) exec .venv/bin/python bench/bench_local.py "$@" ;;
+  *) exec .venv/bin/katkit "$cmd" "$@" ;;
+esac

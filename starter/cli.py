@@ -1,0 +1,227 @@
+"""``katkit``: the command line, a thin layer over :class:`starter.api.Katkit`.
+
+Exit codes: 0 success, 1 the run failed or was rejected, 2 bad input. Errors are one line
+(``--debug`` for the traceback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import getpass
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import click
+from rich.console import Console
+
+from katkit.config import load_config, load_settings
+from katkit.errors import KatkitError
+from katkit.log import configure_logging
+from starter.api import Katkit
+from starter.render import PhasePrinter, status_table
+
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class _State:
+    config_path: str | None = None
+    debug: bool = False
+
+
+def _async(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+async def _katkit(with_config: bool = True) -> Katkit:
+    state = click.get_current_context().find_object(_State)
+    config = load_config(state.config_path) if with_config else None
+    return await Katkit.connect(load_settings(), config)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", envvar="KATKIT_CONFIG", type=click.Path(dir_okay=False),
+              help="katkit.yaml to use (default: ./katkit.yaml, then ~/.katkit/katkit.yaml).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
+    """katkit: build, test and deploy a chosen commit into tenants, as durable Temporal workflows."""
+    state = ctx.ensure_object(_State)
+    state.config_path, state.debug = config_path, debug
+    configure_logging("DEBUG" if debug else "WARNING")
+
+
+@cli.command()
+@click.option("--tenant", required=True, help="Tenant to run in, e.g. d-taskrunner.")
+@click.option("--repo", required=True, help="Linked repository name from katkit.yaml.")
+@click.option("--sha", help="Commit sha (full or abbreviated).")
+@click.option("--branch", help="Branch whose head to run.")
+@click.option("--pr", type=int, help="Pull request number whose head to run.")
+@click.option("--by", default=getpass.getuser, show_default="your OS user", help="Who starts the run.")
+@click.option("--wait", is_flag=True, help="Follow the run until it ends; exit 1 if it fails.")
+@_async
+async def run(tenant: str, repo: str, sha: str | None, branch: str | None, pr: int | None, by: str, wait: bool) -> None:
+    """Start a run of one commit in one tenant."""
+    kk = await _katkit()
+    handle = await kk.start_run(tenant, repo, sha=sha, branch=branch, pr=pr, by=by)
+    verb = "already running" if handle.existing else "started"
+    out.print(f"{verb}: {handle.run_id}  ({repo}@{handle.sha[:12]} -> {tenant})\n  {handle.url}")
+    if wait:
+        st = await kk.wait(handle.run_id, on_change=PhasePrinter(out))
+        out.print(f"[green]succeeded[/]: {st.deployed.image if st.deployed else 'no deployment phase'}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--by", required=True, help="Who approves (must be an approver of the tenant).")
+@click.option("--comment", default="", help="Why.")
+@_async
+async def approve(run_id: str, by: str, comment: str) -> None:
+    """Approve the deployment gate of a run."""
+    kk = await _katkit(with_config=False)
+    d = await kk.approve(run_id, by, comment)
+    out.print(f"approved by {d.by} at {d.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--by", required=True, help="Who rejects (must be an approver of the tenant).")
+@click.option("--reason", default="", help="Why.")
+@_async
+async def reject(run_id: str, by: str, reason: str) -> None:
+    """Reject the deployment gate of a run: it ends without deploying."""
+    kk = await _katkit(with_config=False)
+    d = await kk.reject(run_id, by, reason)
+    out.print(f"rejected by {d.by} at {d.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@_async
+async def cancel(run_id: str) -> None:
+    """Cancel a run; its builders are stopped and removed."""
+    kk = await _katkit(with_config=False)
+    await kk.cancel(run_id)
+    out.print(f"cancel requested: {run_id}")
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_async
+async def status(run_id: str, as_json: bool) -> None:
+    """Show a run's phases, shards, decisions and deployed image."""
+    kk = await _katkit(with_config=False)
+    st = await kk.status(run_id)
+    if as_json:
+        click.echo(st.model_dump_json(indent=2))
+    else:
+        out.print(status_table(st, kk.settings.run_url(run_id)))
+        if st.deployed:
+            out.print(f"deployed: {st.deployed.image} (replicas {st.deployed.replicas}, previous {st.deployed.previous_image})")
+        if st.error:
+            out.print(f"[red]{st.error}[/]")
+    sys.exit(0 if st.status in ("succeeded", "running", "awaiting_approval", "deploying") else 1)
+
+
+@cli.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--phase", help="Only this phase.")
+@click.option("--follow", "-f", is_flag=True, help="Keep streaming until the run (or phase) ends.")
+@_async
+async def logs(run_id: str, phase: str | None, follow: bool) -> None:
+    """Print a run's builder logs from the log store (also after the builders are gone)."""
+    kk = await _katkit(with_config=False)
+    prefix_all = False
+    async for label, data in kk.follow_logs(run_id, phase, follow):
+        text = data.decode(errors="replace")
+        prefix_all = prefix_all or "#" in label
+        if prefix_all or phase is None:
+            text = "".join(f"{label}| {line}" for line in text.splitlines(keepends=True))
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
+@cli.command(name="list")
+@click.option("--tenant", help="Only this tenant.")
+@click.option("--status", help="Only runs in this status, e.g. awaiting_approval.")
+@click.option("--limit", default=50, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the runs as JSON.")
+@_async
+async def list_runs(tenant: str | None, status: str | None, limit: int, as_json: bool) -> None:
+    """List runs, newest first (through the search attributes)."""
+    kk = await _katkit(with_config=False)
+    rows = await kk.list(tenant, status, limit)
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(r) for r in rows], indent=2))
+        return
+    header = ("RUN", "TENANT", "REPO", "SHA", "STATUS", "PHASE", "STARTED (UTC)")
+    table = [header, *((r.run_id, r.tenant, r.repo, r.sha, r.status, r.phase, r.started) for r in rows)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+def worker() -> None:
+    """Run a worker on the katkit task queue (any number may run)."""
+    from worker import run_worker
+
+    configure_logging("INFO")
+    asyncio.run(run_worker(load_settings()))
+
+
+@cli.command()
+@click.option("--stop", is_flag=True, help="Stop the dev server that 'katkit demo' left running.")
+def dev(stop: bool) -> None:
+    """Run the Temporal dev server (web UI on :8233, state on disk) and a worker, until Ctrl-C."""
+    from starter.dev import run_dev, stop_dev
+
+    if stop:
+        out.print("stopped the dev server" if stop_dev() else "no dev server started by katkit is running")
+        return
+    run_dev(out)
+
+
+@cli.command()
+def demo() -> None:
+    """The main job end to end: a sample repo through DEV and PROD (approved as user 'demo'), on the embedded default."""
+    from starter.demo import run_demo
+
+    asyncio.run(run_demo(out))
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv)
+    try:
+        cli.main(args=argv, prog_name="katkit", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        err.print("katkit: aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        err.print(f"katkit: error: {exc.format_message()}")
+        sys.exit(2)
+    except KatkitError as exc:
+        if debug:
+            raise
+        err.print(f"katkit: error: {exc}")
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - one line for the user, the traceback with --debug
+        if debug:
+            raise
+        err.print(f"katkit: unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
+                  "(run with --debug for the traceback)")
+        sys.exit(1)
+

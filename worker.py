@@ -31,7 +31,7 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         workflows=[CommitRun],
         activities=activities.all(),
         activity_executor=executor,
-        max_concurrent_activities=MAX_CONCURRENT_ACTIVITIES,
+        max_concurrent_activities=executor._max_workers,  # one thread for each activity that may run
     )
 
 

@@ -242,13 +242,16 @@ class Katkit:
             ))
         return out
 
-    async def log_keys(self, run_id: str, phase: str | None = None) -> tuple[RunStatus, list[tuple[str, str]]]:
-        """The run's status and ``(label, log key)`` of each shard of each execution phase (or of ``phase``)."""
+    async def log_keys(self, run_id: str, phase: str | None = None,
+                       wait: bool = False) -> tuple[RunStatus, list[tuple[str, str]]]:
+        """The run's status and ``(label, log key)`` of each shard of each execution phase (or of ``phase``).
+
+        With ``wait``, a phase name is not checked before the checkout has listed the phases."""
         handle = await self._handle(run_id)
         execution = (await handle.describe()).run_id
         st = await self.status(run_id)
         names = [p.name for p in st.phases]
-        if phase is not None and phase not in names:
+        if phase is not None and phase not in names and (st.phases or st.status in TERMINAL_STATUSES or not wait):
             raise UnknownName(f"run {run_id} has no phase {phase!r} (phases: {', '.join(names) or 'none yet'})")
         keys = []
         for p in st.phases:
@@ -264,7 +267,7 @@ class Katkit:
         """Yield ``(label, bytes)`` from the log store; with ``follow``, until the run (or ``phase``) has ended."""
         offsets: dict[str, int] = {}
         while True:
-            st, keys = await self.log_keys(run_id, phase)
+            st, keys = await self.log_keys(run_id, phase, wait=follow)
             settled = st.status in TERMINAL_STATUSES or (
                 phase is not None and any(p.name == phase and p.ended_at is not None for p in st.phases))
             for label, key in keys:

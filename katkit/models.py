@@ -140,6 +140,7 @@ class ShardState(Model):
     exit_code: int | None = None
     log_key: str = ""
     duration_s: float | None = None
+    reattached: bool = Field(False, description="a retried activity found this shard's builder and re-attached to it")
 
 
 class PhaseState(Model):

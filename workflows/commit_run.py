@@ -163,7 +163,7 @@ class CommitRun:
             self._cleanup_later.append(builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index))
             return f"{label}: {cause}"
         result = task.result()
-        shard.exit_code, shard.log_key = result.exit_code, result.log_key
+        shard.exit_code, shard.log_key, shard.reattached = result.exit_code, result.log_key, result.reattached
         if result.started_at and result.ended_at:
             shard.duration_s = round((result.ended_at - result.started_at).total_seconds(), 3)
         if result.exit_code == 0:

@@ -1,0 +1,103 @@
+"""Workflow code changes are guarded by replaying recorded CommitRun histories.
+
+``tests/histories/*.json`` were recorded from real runs; ``KATKIT_RECORD_HISTORIES=1 ./dev.sh test
+tests/test_replay.py`` records them again (do that only when a change is meant to be incompatible, and
+version the workflow with ``workflow.patched`` instead wherever running workflows must survive it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from katkit.errors import RunFailed
+from katkit.sample import commit_files
+from katkit.temporal import DATA_CONVERTER
+from starter.api import Katkit
+from tests.conftest import wait_for
+from workflows import CommitRun
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def replayer() -> Replayer:
+    return Replayer(workflows=[CommitRun], data_converter=DATA_CONVERTER)
+
+
+async def test_recorded_histories_replay() -> None:
+    files = sorted(HISTORIES.glob("*.json"))
+    assert len(files) >= 5, "recorded histories are missing"
+    histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
+    await assert_replays(histories)
+
+
+async def assert_replays(histories: list[WorkflowHistory]) -> None:
+    replayed = 0
+    async with replayer().workflow_replay_iterator(_aiter(histories)) as results:
+        async for result in results:
+            assert result.replay_failure is None, f"{result.history.workflow_id}: {result.replay_failure}"
+            replayed += 1
+    assert replayed == len(histories)
+
+
+async def _aiter(items):
+    for item in items:
+        yield item
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
+    """Every path through CommitRun, run now and replayed: succeeded, approved, rejected, failed, cancelled."""
+    runs: dict[str, str] = {}
+    dev = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
+    await kk.wait(dev.run_id)
+    runs["dev_succeeded"] = dev.run_id
+
+    prod = await kk.start_run("p-taskrunner", "taskrunner", sha=sha, by="bob")
+    await wait_for(lambda: _status_is(kk, prod.run_id, "awaiting_approval"))
+    await kk.client.get_workflow_handle(prod.run_id).signal("approve", {"by": "mallory"})
+    await kk.approve(prod.run_id, "alice", "ok")
+    await kk.wait(prod.run_id)
+    runs["prod_approved"] = prod.run_id
+
+    rejected_sha = commit_files(repo, {"CHANGES.md": "2\n"})
+    rejected = await kk.start_run("p-taskrunner", "taskrunner", sha=rejected_sha, by="bob")
+    await wait_for(lambda: _status_is(kk, rejected.run_id, "awaiting_approval"))
+    await kk.reject(rejected.run_id, "alice", "no")
+    with pytest.raises(RunFailed):
+        await kk.wait(rejected.run_id)
+    runs["prod_rejected"] = rejected.run_id
+
+    failing_sha = commit_files(repo, {"ci.sh": "exit 4\n"})
+    failed = await kk.start_run("d-taskrunner", "taskrunner", sha=failing_sha, by="bob")
+    with pytest.raises(RunFailed):
+        await kk.wait(failed.run_id)
+    runs["dev_failed"] = failed.run_id
+
+    slow_sha = commit_files(repo, {"ci.sh": "echo go; sleep 60\n"})
+    cancelled = await kk.start_run("d-taskrunner", "taskrunner", sha=slow_sha, by="bob")
+    await wait_for(lambda: _phase_running(kk, cancelled.run_id))
+    await kk.cancel(cancelled.run_id)
+    with pytest.raises(RunFailed):
+        await kk.wait(cancelled.run_id)
+    runs["dev_cancelled"] = cancelled.run_id
+
+    histories = [await kk.client.get_workflow_handle(run_id).fetch_history() for run_id in runs.values()]
+    await assert_replays(histories)
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        HISTORIES.mkdir(exist_ok=True)
+        for name, history in zip(runs, histories):
+            (HISTORIES / f"{name}.json").write_text(history.to_json())
+
+
+async def _status_is(kk: Katkit, run_id: str, status: str) -> bool:
+    return (await kk.status(run_id)).status == status
+
+
+async def _phase_running(kk: Katkit, run_id: str) -> bool:
+    st = await kk.status(run_id)
+    return bool(st.phases) and st.phases[0].state == "running"

@@ -37,8 +37,7 @@ from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
 
 LOG_CHUNK = 1 << 20
-POLL_FIRST_S = 0.002
-POLL_MAX_S = 0.5
+POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
 TIMED_OUT_EXIT = 124
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -121,7 +120,6 @@ class KatkitActivities:
             fresh = builder.start(spec)
             bound.info("builder started" if fresh else "builder re-attached", builder=name)
             offset = self.log_store.size(key)
-            poll = POLL_FIRST_S
             deadline = inp.deadline.timestamp()
             while True:
                 state = builder.state(name)
@@ -137,8 +135,7 @@ class KatkitActivities:
                                        ended_at=datetime.now(timezone.utc), reattached=not fresh,
                                        message=f"timed out after the phase timeout of {timeout_s:.0f} s")
                 activity.heartbeat(offset)
-                time.sleep(poll)
-                poll = min(poll * 1.5, POLL_MAX_S)
+                builder.wait(name, POLL_S)
             code = state.exit_code if state.exit_code is not None else -1
             message = state.reason or f"exited {code}"
             if state.exit_code is None:

@@ -40,6 +40,9 @@ class Builder(Protocol):
 
     def state(self, name: str) -> BuilderState: ...
 
+    def wait(self, name: str, timeout: float) -> None:
+        """Block until the builder may have changed state or ``timeout`` seconds pass (a sleep is a valid answer)."""
+
     def read_log(self, name: str, offset: int, limit: int) -> bytes:
         """Log bytes from ``offset``; what the builder wrote so far, complete once it has exited."""
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -84,6 +85,21 @@ class LocalBuilder:
         if (d / "exit.json").exists():  # finished between the two looks
             return self.state(name)
         return BuilderState(running=False, reason="the builder process was killed before ci.sh finished")
+
+    def wait(self, name: str, timeout: float) -> None:
+        """Wake as soon as the agent exits (a pidfd turns readable), or after ``timeout``."""
+        pid = self._pid(name)
+        if pid is None or not hasattr(os, "pidfd_open"):
+            time.sleep(timeout)
+            return
+        try:
+            fd = os.pidfd_open(pid)
+        except (ProcessLookupError, OSError):
+            return
+        try:
+            select.select([fd], [], [], timeout)
+        finally:
+            os.close(fd)
 
     def read_log(self, name: str, offset: int, limit: int) -> bytes:
         try:

@@ -103,10 +103,15 @@ class KatkitActivities:
     @translate_errors
     def run_shard(self, inp: ShardInput) -> ShardResult:
         """Start (or re-attach to) the shard's builder, stream its log into the store, wait, remove it."""
+        with structlog.contextvars.bound_contextvars(
+            run_id=inp.run_id, tenant=inp.tenant.name, phase=inp.phase.name, shard=inp.shard_index
+        ):
+            return self._run_shard(inp)
+
+    def _run_shard(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
         key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
         builder = self._builders(inp.tenant)
-        bound = log.bind(run_id=inp.run_id, tenant=inp.tenant.name, phase=inp.phase.name, shard=inp.shard_index)
         spec = BuilderSpec(
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
@@ -118,7 +123,7 @@ class KatkitActivities:
         remove = True
         try:
             fresh = builder.start(spec)
-            bound.info("builder started" if fresh else "builder re-attached", builder=name)
+            log.info("builder started" if fresh else "builder re-attached", builder=name)
             offset = self.log_store.size(key)
             deadline = inp.deadline.timestamp()
             while True:
@@ -127,7 +132,7 @@ class KatkitActivities:
                 if not state.running:
                     break
                 if time.time() >= deadline:
-                    timeout_s = (inp.deadline - started_at).total_seconds()
+                    timeout_s = inp.tenant.phase_timeout.total_seconds()
                     builder.remove(name)
                     self._note(key, f"phase timed out: ci.sh was killed after the phase timeout ({timeout_s:.0f} s)")
                     self.log_store.finish(key)
@@ -141,7 +146,7 @@ class KatkitActivities:
             if state.exit_code is None:
                 self._note(key, message)
             self.log_store.finish(key)
-            bound.info("shard finished", exit_code=code)
+            log.info("shard finished", exit_code=code)
             return ShardResult(builder=name, exit_code=code, log_key=key, started_at=started_at,
                                ended_at=datetime.now(timezone.utc), reattached=not fresh, message=message)
         except CancelledError:

@@ -59,9 +59,10 @@ async def run_demo(console: Console) -> None:
         for tenant in ("d-taskrunner", "p-taskrunner"):
             handle = await kk.start_run(tenant, "taskrunner", sha=sha, by=starter)
             console.print(f"\n[bold]{tenant}[/]: run {handle.run_id} started by {starter}\n  {handle.url}")
-            watch = asyncio.create_task(kk.wait(handle.run_id, on_change=PhasePrinter(console)))
+            printer = PhasePrinter(console)
+            watch = asyncio.create_task(kk.wait(handle.run_id, on_change=printer))
             if config.tenant(tenant).approval.required:
-                await _approve_when_waiting(kk, handle.run_id, handle.url, console)
+                await _approve_when_waiting(kk, handle.run_id, handle.url, console, printer)
             st = await watch
         assert st.deployed is not None
         console.print(
@@ -78,12 +79,13 @@ async def run_demo(console: Console) -> None:
         await worker
 
 
-async def _approve_when_waiting(kk: Katkit, run_id: str, url: str, console: Console) -> None:
+async def _approve_when_waiting(kk: Katkit, run_id: str, url: str, console: Console, printer: PhasePrinter) -> None:
     while (await kk.status(run_id)).status not in ("awaiting_approval", "failed", "cancelled"):
         await asyncio.sleep(0.2)
     st = await kk.status(run_id)
     if st.status != "awaiting_approval":
         return
+    printer(st)
     console.print(
         "\n  PROD needs an approval. A person would give it one of two ways:\n"
         f"   - web UI: open {url}, choose 'Send Signal', signal name [bold]approve[/], "

@@ -267,3 +267,30 @@ async def test_follow_streams_a_running_phase(kk: Katkit, repo: Path) -> None:
     assert [f"line {i}" in text for i in range(1, 6)] == [True] * 5
     assert len(chunks) > 1  # it arrived while the phase ran, not in one piece at the end
     assert os.path.exists(kk.log_store.location((await kk.log_keys(handle.run_id, "BUILD"))[1][0][1]))
+
+
+@pytest.mark.parametrize("on_timeout,final", [("reject", "rejected"), ("cancel", "cancelled")])
+async def test_approval_timeout_decides_by_itself(client, settings, config: KatkitConfig, sha: str, home: Path,
+                                                  on_timeout: str, final: str) -> None:
+    from datetime import timedelta
+
+    policy = config.tenant("p-taskrunner").approval
+    policy.timeout, policy.on_timeout = timedelta(seconds=2), on_timeout
+    kk = Katkit(client, settings, config)
+    run_id = await _awaiting(kk, sha)
+    with pytest.raises(RunFailed, match=final):
+        await kk.wait(run_id)
+    st = await kk.status(run_id)
+    assert st.status == final and st.deployed is None and not st.approval.awaiting
+    assert [(d.kind, d.by) for d in st.approval.decisions] == [("timeout", "timeout")]
+    assert st.phases[-1].state == final and st.phases[-1].ended_at is not None
+    assert LocalPlatform(home / "services").current(config.tenant("p-taskrunner"), "taskrunner") is None
+
+
+async def test_cancel_at_the_gate(kk: Katkit, sha: str) -> None:
+    run_id = await _awaiting(kk, sha)
+    await kk.cancel(run_id)
+    with pytest.raises(RunFailed, match="cancelled"):
+        await kk.wait(run_id)
+    st = await kk.status(run_id)
+    assert st.phases[-1].state == "cancelled" and not st.approval.awaiting and st.deployed is None

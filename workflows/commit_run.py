@@ -255,6 +255,9 @@ class CommitRun:
         for p in self._status.phases:
             if p.state == "pending":
                 p.state = "skipped"
+            elif p.ended_at is None and p.started_at is not None:  # cancelled at the gate or while deploying
+                self._end_phase(p, status)
+        self._status.approval.awaiting = False
         self._status.error = error
         self._status.ended_at = workflow.now()
         self._set(status=status)

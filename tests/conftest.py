@@ -105,3 +105,7 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+async def status_is(kk: Katkit, run_id: str, status: str) -> bool:
+    return (await kk.status(run_id)).status == status

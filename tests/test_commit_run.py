@@ -14,7 +14,7 @@ from katkit.platforms import RunningService
 from katkit.platforms.local import LocalPlatform
 from katkit.sample import commit_files
 from starter.api import Katkit
-from tests.conftest import wait_for
+from tests.conftest import status_is, wait_for
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -127,12 +127,9 @@ async def test_a_failed_shard_stops_its_siblings(kk: Katkit, repo: Path, home: P
 
 async def _awaiting(kk: Katkit, sha: str, by: str = "bob") -> str:
     handle = await kk.start_run("p-taskrunner", "taskrunner", sha=sha, by=by)
-    await wait_for(lambda: _status_is(kk, handle.run_id, "awaiting_approval"))
+    await wait_for(lambda: status_is(kk, handle.run_id, "awaiting_approval"))
     return handle.run_id
 
-
-async def _status_is(kk: Katkit, run_id: str, status: str) -> bool:
-    return (await kk.status(run_id)).status == status
 
 
 async def test_prod_waits_for_approval_and_keeps_env_and_replicas(kk: Katkit, sha: str, home: Path) -> None:

@@ -18,7 +18,7 @@ from katkit.errors import RunFailed
 from katkit.sample import commit_files
 from katkit.temporal import DATA_CONVERTER
 from starter.api import Katkit
-from tests.conftest import wait_for
+from tests.conftest import status_is, wait_for
 from workflows import CommitRun
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -58,7 +58,7 @@ async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
     runs["dev_succeeded"] = dev.run_id
 
     prod = await kk.start_run("p-taskrunner", "taskrunner", sha=sha, by="bob")
-    await wait_for(lambda: _status_is(kk, prod.run_id, "awaiting_approval"))
+    await wait_for(lambda: status_is(kk, prod.run_id, "awaiting_approval"))
     await kk.client.get_workflow_handle(prod.run_id).signal("approve", {"by": "mallory"})
     await kk.approve(prod.run_id, "alice", "ok")
     await kk.wait(prod.run_id)
@@ -66,7 +66,7 @@ async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
 
     rejected_sha = commit_files(repo, {"CHANGES.md": "2\n"})
     rejected = await kk.start_run("p-taskrunner", "taskrunner", sha=rejected_sha, by="bob")
-    await wait_for(lambda: _status_is(kk, rejected.run_id, "awaiting_approval"))
+    await wait_for(lambda: status_is(kk, rejected.run_id, "awaiting_approval"))
     await kk.reject(rejected.run_id, "alice", "no")
     with pytest.raises(RunFailed):
         await kk.wait(rejected.run_id)
@@ -93,9 +93,6 @@ async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
         for name, history in zip(runs, histories):
             (HISTORIES / f"{name}.json").write_text(history.to_json())
 
-
-async def _status_is(kk: Katkit, run_id: str, status: str) -> bool:
-    return (await kk.status(run_id)).status == status
 
 
 async def _phase_running(kk: Katkit, run_id: str) -> bool:

@@ -137,11 +137,16 @@ class CommitRun:
         for shard in state.shards:
             shard.state = "running"
         failure = ""
-        pending = set(tasks)
+        pending = list(tasks)
+
+        def in_shard_order(futures: set[asyncio.Future[ShardResult]]) -> list[asyncio.Future[ShardResult]]:
+            return sorted(futures, key=tasks.__getitem__)  # sets have no stable order; commands must have one
+
         try:
             while pending and not failure:
-                done, pending = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
+                done, rest = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending = in_shard_order(rest)
+                for task in in_shard_order(done):
                     failure = failure or self._record_shard(phase, state.shards[tasks[task]], task)
         except (asyncio.CancelledError, CancelledError):
             await self._cancel_shards(pending, state, "cancelled")
@@ -172,7 +177,7 @@ class CommitRun:
         shard.state = "failed"
         return f"{label}: {result.message or f'exited {result.exit_code}'}"
 
-    async def _cancel_shards(self, pending: set[asyncio.Future[ShardResult]], state: PhaseState, why: str) -> None:
+    async def _cancel_shards(self, pending: list[asyncio.Future[ShardResult]], state: PhaseState, why: str) -> None:
         for task in pending:
             task.cancel()
         for task in pending:

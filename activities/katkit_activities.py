@@ -25,6 +25,7 @@ from katkit.gitrepo import RepoMirror, normalize_url
 from katkit.logstore import LogStore
 from katkit.models import (
     CheckoutInput,
+    PhaseType,
     DeployInput,
     DeployResult,
     RemoveBuilderInput,
@@ -97,7 +98,12 @@ class KatkitActivities:
     @translate_errors
     def checkout(self, inp: CheckoutInput) -> RunPlan:
         """Resolve the sha and read + validate the repository's files at it."""
-        return read_plan(self.mirror, inp.link, inp.env, inp.sha)
+        plan = read_plan(self.mirror, inp.link, inp.env, inp.sha)
+        if inp.tenant is not None:  # every builder image must be there before any builder starts
+            builder = self._builders(inp.tenant)
+            for image in sorted({p.image or "" for p in plan.phases if p.type == PhaseType.EXECUTION}):
+                builder.check_image(image or None)
+        return plan
 
     @activity.defn(name="run_shard")
     @translate_errors
@@ -115,9 +121,11 @@ class KatkitActivities:
         spec = BuilderSpec(
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
-                    "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index)},
+                    "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
+                    "katkit.execution": inp.attempt_key},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
             env=contract_env(inp), image=inp.phase.image, local_fleet=inp.local_fleet,
+            mirror_path=str(self.mirror.mirror_path(inp.link.url)),
         )
         started_at = datetime.now(timezone.utc)
         remove = True

@@ -9,7 +9,8 @@ It runs inside every builder (a local process, a container, an ECS task). Its sp
 and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
 atomically, so a watcher that finds it knows the log is complete. ``--detach`` starts it in a new session
 and returns at once, so that the builder outlives the process that started it.
-``agent.py --spec FILE`` runs in the foreground with the log on stdout (containers).
+``agent.py --spec-json JSON`` runs in the foreground with the log on stdout and ci.sh's environment taken
+from the agent's own (containers: Docker sets the contract's variables).
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ def run(spec: dict, out) -> dict:
     git_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
     _say(out, f"checking out {sha} from {spec['repo_url']}")
     for cmd in (
-        ["git", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
+        ["git", "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
         ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", sha],
     ):
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=git_env, check=False)
         if proc.returncode != 0:
             out.write(proc.stdout)
-            reason = f"checkout failed: {' '.join(cmd[:2])} exited {proc.returncode}"
+            reason = f"checkout failed: git {'clone' if 'clone' in cmd else 'checkout'} exited {proc.returncode}"
             _say(out, reason)
             return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
     cwd = os.path.join(ws, spec.get("folder") or "")
@@ -51,9 +52,11 @@ def run(spec: dict, out) -> dict:
         reason = f"{script} not found in {spec.get('folder') or 'the repository root'}"
         _say(out, reason)
         return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
-    _say(out, f"running {script} (phase {spec['env'].get('KATKIT_PHASE', '?')})")
+    _say(out, f"running {script} (phase {(spec.get('env') or os.environ).get('KATKIT_PHASE', '?')})")
     ci_started = time.time()
-    proc = subprocess.run(["bash", script], cwd=cwd, env=spec["env"], stdout=out, stderr=subprocess.STDOUT, check=False)
+    env = spec.get("env")
+    proc = subprocess.run(["bash", script], cwd=cwd, env=env if env is not None else dict(os.environ),
+                          stdout=out, stderr=subprocess.STDOUT, check=False)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     ended = time.time()
     reason = f"{script} exited {code} in {ended - ci_started:.1f} s"
@@ -99,16 +102,15 @@ def detach(state_dir: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) >= 2 and argv[0] == "--spec":
-        with open(argv[1]) as f:
-            spec = json.load(f)
-        result = run(spec, sys.stdout.buffer)
+    if len(argv) == 2 and argv[0] == "--spec-json":
+        sys.stdout.flush()
+        result = run(json.loads(argv[1]), os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False))
         return int(result["exit_code"])
     if len(argv) == 2 and argv[0] == "--detach":
         return detach(argv[1])
     if len(argv) == 1:
         return run_in_state_dir(argv[0])
-    print("usage: agent.py [--detach] STATE_DIR | agent.py --spec FILE", file=sys.stderr)
+    print("usage: agent.py [--detach] STATE_DIR | agent.py --spec-json JSON", file=sys.stderr)
     return 2
 
 

@@ -51,6 +51,23 @@ class ApprovalPolicy(Strict):
     on_timeout: Literal["reject", "cancel"] = "reject"
 
 
+class DockerConfig(Strict):
+    """How a tenant uses a Docker engine (``DOCKER_HOST`` and friends choose the engine)."""
+
+    image: str = Field("katkit-builder:latest", description="builder image when a phase names none")
+    cpus: float | None = Field(None, gt=0, description="CPU limit of a builder")
+    memory: str | None = Field(None, pattern=r"^\d+[bkmg]?$", description="memory limit of a builder, e.g. 512m")
+    builder_network: str = Field("katkit-builders", description="network of builders when LocalFleet is false")
+    tenant_network: str | None = Field(None, description="the tenant's network (services; builders when LocalFleet is true); default: the tenant's name")
+    docker_socket: bool = Field(False, description="mount the engine's socket into builders so ci.sh can docker build")
+    mount_mirror: bool = Field(True, description="builders clone from the worker's git mirror, mounted read-only")
+    settle: Duration = Field(timedelta(seconds=3), description="how long a new replica without HEALTHCHECK must keep running")
+    health_timeout: Duration = Field(timedelta(minutes=5), description="how long new replicas may take to become healthy")
+
+    def network_of(self, tenant: str) -> str:
+        return self.tenant_network or tenant
+
+
 class TenantConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
@@ -58,6 +75,7 @@ class TenantConfig(Strict):
     builder: Literal["docker", "ecs", "local"] = "local"
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     phase_timeout: Duration = timedelta(hours=1)
+    docker: DockerConfig = Field(default_factory=DockerConfig)
 
 
 class LinkConfig(Strict):

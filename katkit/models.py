@@ -70,6 +70,7 @@ class CheckoutInput(Model):
     link: LinkConfig
     env: str
     sha: str
+    tenant: TenantConfig | None = Field(None, description="when given, the tenant's builder images are checked too")
 
 
 class ShardInput(Model):

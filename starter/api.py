@@ -26,7 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.builders import get_builder
 from katkit.config import KatkitConfig, Settings, load_config, load_settings
-from katkit.errors import BadInput, RunFailed, UnknownName
+from katkit.errors import BadInput, InfraError, RunFailed, UnknownName
 from katkit.gitrepo import RepoMirror
 from katkit.logstore import DirLogStore, LogStore
 from katkit.models import CommitRunInput, Decision, DecisionInput, PhaseType, RunStatus
@@ -107,7 +107,12 @@ class Katkit:
         full = self.mirror.resolve(link.url, sha=sha, branch=branch, pr=pr)
         plan = read_plan(self.mirror, link, tenant_cfg.env, full)
         if any(p.type == PhaseType.EXECUTION for p in plan.phases):
-            get_builder(tenant_cfg.builder, self.settings.home)
+            builder = get_builder(tenant_cfg.builder, self.settings.home, tenant_cfg)
+            try:
+                for image in sorted({p.image or "" for p in plan.phases if p.type == PhaseType.EXECUTION}):
+                    builder.check_image(image or None)
+            except InfraError:
+                pass  # this machine cannot reach the tenant's engine; the worker's checkout checks again
         if plan.service is not None:
             get_platform(tenant_cfg.platform, self.settings.home)
         ref = f"sha {sha}" if sha else f"branch {branch}" if branch else f"pr {pr}"

@@ -91,7 +91,7 @@ class CommitRun:
         try:
             self._set(status="running", phase="checkout")
             plan: RunPlan = await workflow.execute_activity_method(
-                KatkitActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha),
+                KatkitActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha, tenant=inp.tenant),
                 start_to_close_timeout=CHECKOUT_TIMEOUT, retry_policy=INFRA_RETRY,
                 summary=f"checkout {inp.link.repo}@{inp.sha[:12]}",
             )

@@ -26,6 +26,7 @@ class BuilderSpec(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, repr=False)
     image: str | None = None
     local_fleet: bool = False
+    mirror_path: str | None = Field(None, description="the worker's bare mirror of the repository, if on this host")
 
 
 class BuilderState(BaseModel):
@@ -49,7 +50,11 @@ class Builder(Protocol):
     def remove(self, name: str) -> None:
         """Stop the builder if it runs and delete it. Idempotent."""
 
-    def names(self) -> list[str]: ...
+    def list(self) -> dict[str, dict[str, str]]:
+        """Every builder of this backend, by name, with its labels (for the orphan reaper)."""
+
+    def check_image(self, image: str | None) -> None:
+        """Raise BadInput unless a phase could start with ``image`` (None: the default builder image)."""
 
 
 def builder_name(run_id: str, attempt_key: str, phase: str, shard: int) -> str:
@@ -60,15 +65,20 @@ def builder_name(run_id: str, attempt_key: str, phase: str, shard: int) -> str:
     return f"katkit-{slug}-{pslug}-{shard}-{digest}"
 
 
-def get_builder(kind: str, home: Path) -> Builder:
+def get_builder(kind: str, home: Path, tenant: TenantConfig | None = None) -> Builder:
     if kind == "local":
         from katkit.builders.local import LocalBuilder
 
         return LocalBuilder(home / "builders")
+    if kind == "docker":
+        from katkit.builders.docker import DockerBuilder
+        from katkit.config import DockerConfig
+
+        return DockerBuilder(tenant.docker if tenant else DockerConfig(), tenant.name if tenant else "")
     from katkit.errors import BadInput
 
     raise BadInput(f"builder {kind!r} is not available in this version; set the tenant's builder to local")
 
 
 def builder_for(tenant: TenantConfig, home: Path) -> Builder:
-    return get_builder(tenant.builder, home)
+    return get_builder(tenant.builder, home, tenant)

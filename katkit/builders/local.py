@@ -128,7 +128,15 @@ class LocalBuilder:
         self._stop(name)
         shutil.rmtree(self._dir(name), ignore_errors=True)
 
-    def names(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+    def list(self) -> dict[str, dict[str, str]]:
+        found: dict[str, dict[str, str]] = {}
+        if self.root.is_dir():
+            for d in sorted(self.root.iterdir()):
+                try:
+                    found[d.name] = json.loads((d / "spec.json").read_text()).get("labels", {})
+                except (OSError, ValueError):
+                    found[d.name] = {}
+        return found
+
+    def check_image(self, image: str | None) -> None:
+        """The local builder runs on the worker host: a phase's ContinerImage does not apply and is ignored."""

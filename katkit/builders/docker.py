@@ -1,0 +1,272 @@
+"""The ``docker`` builder: one container per phase shard on a Docker engine, running the agent.
+
+The container's name derives from run, execution, phase and shard, so a retried activity finds the
+container it started and re-attaches instead of starting a second one. Containers are never started
+with auto-remove: the log is read to its end first, then the container is removed. The log is followed
+by a thread per builder into a bounded queue, so the worker's memory stays flat however long the log is.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from katkit.builders import BuilderSpec, BuilderState
+from katkit.config import DockerConfig
+from katkit.errors import BadInput, InfraError
+
+MIRROR_IN_BUILDER = "/katkit/mirror"
+WORKSPACE_IN_BUILDER = "/workspace/src"
+BUILDER_LABEL = "katkit.builder"
+QUEUE_CHUNKS = 64
+_SPECIAL_NETWORKS = ("none", "host", "bridge")
+_RUNNING = ("created", "running", "restarting", "paused")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def engine_errors(fn: F) -> F:
+    """docker-py / requests errors -> InfraError (retried); a missing image stays BadInput."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        import docker.errors
+        import requests.exceptions
+
+        try:
+            return fn(self, *args, **kwargs)
+        except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+            if isinstance(exc, docker.errors.ImageNotFound):
+                raise
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise InfraError(f"Docker engine at {self._base_url()} failed: {first} (is dockerd running?)") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _LogFollower:
+    """Follows one container's log in a thread; hands out bytes in order, at most QUEUE_CHUNKS ahead."""
+
+    def __init__(self, api: Any, container: str, position: int) -> None:
+        self.position = position
+        self._queue: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._leftover = b""
+        self.ready = threading.Event()
+        self.done = threading.Event()
+        self.error: Exception | None = None
+        self._stream = api.logs(container, stream=True, follow=True, stdout=True, stderr=True)
+        self._thread = threading.Thread(target=self._run, args=(position,), daemon=True, name=f"logs-{container}")
+        self._thread.start()
+
+    def _run(self, skip: int) -> None:
+        try:
+            for chunk in self._stream:
+                if skip:
+                    if len(chunk) <= skip:
+                        skip -= len(chunk)
+                        continue
+                    chunk, skip = chunk[skip:], 0
+                self._queue.put(chunk)
+                self.ready.set()
+        except Exception as exc:  # noqa: BLE001 - reported by read(); a closed stream ends here too
+            self.error = exc
+        finally:
+            self.done.set()
+            self.ready.set()
+
+    def read(self, limit: int) -> bytes:
+        parts, size = [self._leftover], len(self._leftover)
+        while size < limit:
+            try:
+                chunk = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        data = b"".join(parts)
+        data, self._leftover = data[:limit], data[limit:]
+        self.position += len(data)
+        return data
+
+    @property
+    def drained(self) -> bool:
+        return self.done.is_set() and self._queue.empty() and not self._leftover
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        except Exception:  # noqa: BLE001 - closing a finished stream
+            pass
+
+
+class DockerBuilder:
+    def __init__(self, config: DockerConfig, tenant: str, client: Any = None) -> None:
+        self.config = config
+        self.tenant = tenant
+        self._client = client
+        self._followers: dict[str, _LogFollower] = {}
+        self._lock = threading.Lock()
+
+    # -- the engine ------------------------------------------------------------------------------------
+    @property
+    def api(self) -> Any:
+        if self._client is None:
+            self._client = shared_client()
+        return self._client.api
+
+    def _base_url(self) -> str:
+        return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+    @engine_errors
+    def check_image(self, image: str | None) -> None:
+        import docker.errors
+
+        name = image or self.config.image
+        try:
+            self.api.inspect_image(name)
+        except docker.errors.ImageNotFound:
+            hint = "run deploy/builder/build.sh" if image is None else "build or load it on the engine, or fix the phase's ContinerImage"
+            raise BadInput(f"builder image {name!r} is not on the Docker engine at {self._base_url()}; {hint}") from None
+
+    def _network(self, local_fleet: bool) -> str:
+        name = self.config.network_of(self.tenant) if local_fleet else self.config.builder_network
+        if name not in _SPECIAL_NETWORKS and not self.api.networks(names=[name]):
+            self.api.create_network(name, driver="bridge", labels={"katkit.network": "1"}, check_duplicate=True)
+        return name
+
+    # -- the protocol ------------------------------------------------------------------------------------
+    @engine_errors
+    def start(self, spec: BuilderSpec) -> bool:
+        import docker.errors
+
+        try:
+            info = self.api.inspect_container(spec.name)
+            if info["State"]["Status"] == "created":  # created, then the worker died before starting it
+                self.api.start(info["Id"])
+            return False
+        except docker.errors.NotFound:
+            pass
+        image = spec.image or self.config.image
+        self.check_image(spec.image)
+        binds: dict[str, dict[str, str]] = {}
+        repo_url = spec.repo_url
+        if self.config.mount_mirror and spec.mirror_path:
+            binds[spec.mirror_path] = {"bind": MIRROR_IN_BUILDER, "mode": "ro"}
+            repo_url = MIRROR_IN_BUILDER
+        if self.config.docker_socket:
+            sock = self._base_url().removeprefix("unix://")
+            binds[sock] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+        host_config = self.api.create_host_config(
+            binds=binds, network_mode=self._network(spec.local_fleet),
+            mem_limit=self.config.memory, nano_cpus=int(self.config.cpus * 1e9) if self.config.cpus else None,
+        )
+        agent_spec = {"repo_url": repo_url, "sha": spec.sha, "folder": spec.folder, "workspace": WORKSPACE_IN_BUILDER}
+        try:
+            created = self.api.create_container(
+                image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name,
+                labels={**spec.labels, BUILDER_LABEL: "1"}, environment=spec.env, host_config=host_config,
+            )
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:  # another attempt created it a moment ago: re-attach
+                return False
+            raise
+        self.api.start(created["Id"])
+        return True
+
+    @engine_errors
+    def state(self, name: str) -> BuilderState:
+        import docker.errors
+
+        try:
+            st = self.api.inspect_container(name)["State"]
+        except docker.errors.NotFound:
+            return BuilderState(running=False, reason=f"the builder container {name} disappeared (removed from outside katkit?)")
+        follower = self._followers.get(name)
+        if st["Status"] in _RUNNING or (follower is not None and not follower.drained):
+            return BuilderState(running=True)
+        code = int(st.get("ExitCode", -1))
+        if st.get("OOMKilled"):
+            return BuilderState(running=False, exit_code=code if code else 137,
+                                reason=f"the builder was killed for running out of memory (limit {self.config.memory or 'none'})")
+        if code in (137, 143):
+            sig = "SIGKILL" if code == 137 else "SIGTERM"
+            return BuilderState(running=False, exit_code=code,
+                                reason=f"the builder was stopped with {sig} from outside katkit (exit {code})")
+        if code == 255:
+            return BuilderState(running=False, exit_code=code, reason="the agent could not run ci.sh (see the log)")
+        return BuilderState(running=False, exit_code=code, reason=f"ci.sh exited {code}")
+
+    def _follower(self, name: str, offset: int) -> _LogFollower:
+        with self._lock:
+            follower = self._followers.get(name)
+            if follower is None or follower.position != offset:
+                if follower is not None:
+                    follower.close()
+                follower = self._followers[name] = _LogFollower(self.api, name, offset)
+            return follower
+
+    @engine_errors
+    def read_log(self, name: str, offset: int, limit: int) -> bytes:
+        import docker.errors
+
+        try:
+            return self._follower(name, offset).read(limit)
+        except docker.errors.NotFound:
+            return b""
+
+    def wait(self, name: str, timeout: float) -> None:
+        follower = self._followers.get(name)
+        if follower is None:
+            threading.Event().wait(timeout)
+            return
+        follower.ready.wait(timeout)
+        follower.ready.clear()
+        if not follower.drained and not follower._queue.empty():
+            follower.ready.set()
+
+    @engine_errors
+    def remove(self, name: str) -> None:
+        import docker.errors
+
+        with self._lock:
+            follower = self._followers.pop(name, None)
+        if follower is not None:
+            follower.close()
+        try:
+            self.api.remove_container(name, force=True, v=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or "already in progress" not in str(exc):
+                raise
+
+    @engine_errors
+    def list(self) -> dict[str, dict[str, str]]:
+        found = {}
+        for c in self.api.containers(all=True, filters={"label": BUILDER_LABEL}):
+            found[c["Names"][0].lstrip("/")] = c.get("Labels") or {}
+        return found
+
+
+_client_lock = threading.Lock()
+_client: Any = None
+
+
+def shared_client() -> Any:
+    """One docker-py client per process (its connection pool is thread-safe), from DOCKER_HOST and friends."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            import docker
+
+            try:
+                _client = docker.from_env(version="auto", max_pool_size=64)
+            except docker.errors.DockerException as exc:
+                host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+                raise InfraError(f"Docker engine at {host} is not reachable ({str(exc)[:160]}); is dockerd running?") from exc
+        return _client

@@ -16,6 +16,7 @@ from activities import KatkitActivities
 from katkit.config import Settings, load_settings
 from katkit.log import configure_logging, get_logger
 from katkit.logstore import DirLogStore
+from katkit.reaper import reap_forever
 from katkit.temporal import connect, ensure_search_attributes
 from workflows import CommitRun
 
@@ -40,14 +41,18 @@ async def run_worker(settings: Settings, client: Client | None = None, stop: asy
     added = await ensure_search_attributes(client)
     if added:
         log.info("registered search attributes", names=added)
-    with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
-        worker = build_worker(client, settings, executor)
-        log.info("worker started", task_queue=settings.task_queue, address=settings.address, pid=os.getpid())
-        if stop is None:
-            await worker.run()
-        else:
-            async with worker:
-                await stop.wait()
+    reaper = asyncio.create_task(reap_forever(client, settings.home, settings.reap_interval))
+    try:
+        with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
+            worker = build_worker(client, settings, executor)
+            log.info("worker started", task_queue=settings.task_queue, address=settings.address, pid=os.getpid())
+            if stop is None:
+                await worker.run()
+            else:
+                async with worker:
+                    await stop.wait()
+    finally:
+        reaper.cancel()
 
 
 def main() -> None:

@@ -219,7 +219,8 @@ class KatkitActivities:
                                 fields={k: v for k, v in fields.items() if k not in ("ExtraConfig", "Replicas")})
         record = DeploymentRecord(run_id=inp.run_id, sha=inp.sha, previous_image=previous, image=image,
                                   replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by, at=now)
-        platform.deploy(inp.tenant, inp.service, target, record)
+        platform.deploy(inp.tenant, inp.service, target, record, progress=activity.heartbeat)
+        previous = record.previous_image
         log.info("deployed", run_id=inp.run_id, tenant=inp.tenant.name, service=inp.service.name, image=image)
         return DeployResult(service=inp.service.name, image=image, previous_image=previous, replicas=replicas,
                             extra_config=extra, deployed_at=now)

@@ -174,6 +174,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, repr=False)
     ui_url: str = "http://localhost:8233"
     log_dir: Path | None = None
+    reap_interval: float = Field(300.0, gt=0, description="seconds between passes of the orphan builder reaper")
 
     @property
     def logs_path(self) -> Path:

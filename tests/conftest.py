@@ -109,3 +109,24 @@ async def wait_for(predicate, timeout: float = 30.0, interval: float = 0.1):
 
 async def status_is(kk: Katkit, run_id: str, status: str) -> bool:
     return (await kk.status(run_id)).status == status
+
+
+BUILDER_IMAGE = "katkit-builder:latest"
+
+
+@pytest.fixture(scope="session")
+def docker_api():
+    """The Docker engine's API. With KATKIT_REQUIRE_DOCKER=1 (CI) a missing engine or image fails, never skips."""
+    required = os.environ.get("KATKIT_REQUIRE_DOCKER") == "1"
+    try:
+        import docker
+
+        client = docker.from_env(version="auto")
+        client.ping()
+        client.api.inspect_image(BUILDER_IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any reason the engine cannot serve these tests
+        msg = f"Docker engine or {BUILDER_IMAGE} unavailable ({str(exc)[:120]}); start dockerd and run deploy/builder/build.sh"
+        if required:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return client.api

@@ -58,6 +58,7 @@ CHECKOUT_TIMEOUT = timedelta(minutes=10)
 SHARD_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 SHARD_TIMEOUT_MARGIN = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=30)
+DEPLOY_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
 CLEANUP_TIMEOUT = timedelta(minutes=2)
 
 
@@ -225,7 +226,7 @@ class CommitRun:
             KatkitActivities.deploy,
             DeployInput(run_id=self._status.run_id, tenant=self._inp.tenant, sha=plan.sha, service=plan.service,
                         started_by=self._inp.started_by, approved_by=approved_by),
-            start_to_close_timeout=DEPLOY_TIMEOUT, retry_policy=INFRA_RETRY,
+            start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
             summary=f"deploy {plan.service.name} -> {image}",
         )
         self._status.deployed = result

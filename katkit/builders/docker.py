@@ -187,8 +187,8 @@ class DockerBuilder:
         except docker.errors.NotFound:
             return BuilderState(running=False, reason=f"the builder container {name} disappeared (removed from outside katkit?)")
         follower = self._followers.get(name)
-        if st["Status"] in _RUNNING or (follower is not None and not follower.drained):
-            return BuilderState(running=True)
+        if st["Status"] in _RUNNING or follower is None or not follower.drained:
+            return BuilderState(running=True)  # an exited builder is done once its log has been read to the end
         code = int(st.get("ExitCode", -1))
         if st.get("OOMKilled"):
             return BuilderState(running=False, exit_code=code if code else 137,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field
@@ -42,9 +43,10 @@ class Platform(Protocol):
     def current(self, tenant: TenantConfig, service: str) -> RunningService | None: ...
 
     def deploy(
-        self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord
+        self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
+        progress: Callable[[], None] = ...,
     ) -> None:
-        """Make ``target`` the running service and append ``record`` to its history."""
+        """Make ``target`` the running service and append ``record`` to its history; call ``progress`` while waiting."""
 
     def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]: ...
 
@@ -54,4 +56,8 @@ def get_platform(kind: str, home: Path) -> Platform:
         from katkit.platforms.local import LocalPlatform
 
         return LocalPlatform(home / "services")
+    if kind == "docker":
+        from katkit.platforms.docker import DockerPlatform
+
+        return DockerPlatform(home / "services")
     raise BadInput(f"platform {kind!r} is not available in this version; set the tenant's platform to local")

@@ -1,0 +1,49 @@
+"""Deployment history of every tenant service, kept as JSON files: what deployed what, when, approved by whom."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from katkit.platforms import DeploymentRecord
+
+
+class ServiceRecords:
+    """``<root>/<tenant>/<service>.json``: ``{"current": ..., "history": [...]}``, updated under a file lock."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, tenant: str, service: str) -> Path:
+        return self.root / tenant / f"{service}.json"
+
+    def load(self, tenant: str, service: str) -> dict[str, Any]:
+        try:
+            return json.loads(self._path(tenant, service).read_text())
+        except FileNotFoundError:
+            return {"current": None, "history": []}
+
+    @contextmanager
+    def update(self, tenant: str, service: str) -> Iterator[dict[str, Any]]:
+        """Yield the record to change in place; it is written back atomically when the block ends."""
+        path = self._path(tenant, service)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            data = self.load(tenant, service)
+            yield data
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2))
+            os.replace(tmp, path)
+
+    def append(self, tenant: str, service: str, record: DeploymentRecord) -> None:
+        with self.update(tenant, service) as data:
+            data["history"].append(record.model_dump(mode="json"))
+
+    def history(self, tenant: str, service: str) -> list[DeploymentRecord]:
+        return [DeploymentRecord.model_validate(r) for r in self.load(tenant, service)["history"]]

@@ -1,0 +1,71 @@
+"""The orphan reaper: builders whose run has closed are removed, on worker start and then periodically.
+
+A builder is normally removed by its own activity. This catches what nothing else can: a run that was
+terminated (no cleanup runs then), or a worker that died for good while its builder ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import structlog
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from katkit.builders import Builder
+from katkit.errors import KatkitError
+
+log = structlog.get_logger("katkit.reaper")
+REAP_INTERVAL_S = 300.0
+
+
+def builders_on_this_host(home: Path) -> list[Builder]:
+    """The local builders, and the Docker engine's when one answers."""
+    from katkit.builders.local import LocalBuilder
+
+    found: list[Builder] = [LocalBuilder(home / "builders")]
+    try:
+        from katkit.builders.docker import DockerBuilder
+        from katkit.config import DockerConfig
+
+        docker_builder = DockerBuilder(DockerConfig(), "")
+        docker_builder.list()
+        found.append(docker_builder)
+    except (ImportError, KatkitError):
+        pass
+    return found
+
+
+async def _run_is_open(client: Client, run_id: str, execution: str) -> bool:
+    try:
+        desc = await client.get_workflow_handle(run_id, run_id=execution or None).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return desc.status == WorkflowExecutionStatus.RUNNING
+
+
+async def reap_once(client: Client, builders: list[Builder]) -> list[str]:
+    """Remove every builder whose run is closed or gone; return their names."""
+    removed = []
+    for builder in builders:
+        for name, labels in (await asyncio.to_thread(builder.list)).items():
+            run_id = labels.get("katkit.run")
+            if not run_id or await _run_is_open(client, run_id, labels.get("katkit.execution", "")):
+                continue
+            await asyncio.to_thread(builder.remove, name)
+            log.info("removed orphaned builder", builder=name, run_id=run_id)
+            removed.append(name)
+    return removed
+
+
+async def reap_forever(client: Client, home: Path, interval: float = REAP_INTERVAL_S) -> None:
+    builders = await asyncio.to_thread(builders_on_this_host, home)
+    while True:
+        try:
+            await reap_once(client, builders)
+        except (RPCError, KatkitError) as exc:
+            log.warning("orphan reaper pass failed; trying again later", error=str(exc))
+        await asyncio.sleep(interval)

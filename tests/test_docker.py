@@ -1,0 +1,326 @@
+"""The Docker builder and the Docker platform against a real dockerd (CI runs these with KATKIT_REQUIRE_DOCKER=1).
+
+Containers use network "none" (builders, services) so nothing here sends traffic anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from katkit.builders import BuilderSpec
+from katkit.builders.docker import DockerBuilder
+from katkit.config import DockerConfig, KatkitConfig, Settings, parse_config
+from katkit.errors import BadInput, InfraError, RunFailed
+from katkit.platforms.docker import SERVICE_LABEL, TENANT_LABEL, DockerPlatform
+from katkit.reaper import reap_once
+from katkit.sample import commit_files
+from starter.api import Katkit
+from tests.conftest import wait_for
+from tests.test_worker_crash import start_worker
+
+APP = """import os, signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+print("greeting:", os.environ.get("GREETING", "<none>"), flush=True)
+while True:
+    time.sleep(1)
+"""
+DOCKERFILE = 'FROM katkit-base:bookworm\nCOPY app.py /app.py\nCMD ["python3", "-u", "/app.py"]\n'
+CRASHING_DOCKERFILE = 'FROM katkit-base:bookworm\nCMD ["python3", "-c", "print(\\"boom: no config\\"); raise SystemExit(1)"]\n'
+CI = """#!/usr/bin/env bash
+set -eu
+case "$KATKIT_PHASE" in
+  BUILD) docker build --network none -q -t "$IMAGE:$KATKIT_SHA" . ;;
+  TEST)  echo "test shard $KATKIT_SHARD_INDEX of $KATKIT_SHARD_COUNT"; docker image inspect "$IMAGE:$KATKIT_SHA" >/dev/null ;;
+  SLOW)  for i in $(seq 1 40); do echo "line $i"; sleep 0.25; done ;;
+  HANG)  echo hanging; sleep 600 ;;
+  OOM)   python3 -c 'x = bytearray(512 * 1024 * 1024); print(len(x))' ;;
+  *)     echo "phase $KATKIT_PHASE" ;;
+esac
+"""
+
+pytestmark = pytest.mark.usefixtures("docker_api")
+
+
+def phase(name: str, order: int, ptype: int = 4, params: str = "", parallelism: int = 1, image: str | None = None) -> dict:
+    return {"Name": name, "PhaseType": ptype, "BuildParams": params, "Order": order, "Parallelism": parallelism,
+            "ContinerImage": image}
+
+
+@pytest.fixture
+def tenant() -> str:
+    return f"dock-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def image_repo(tenant: str) -> str:
+    return f"sample-{tenant}"
+
+
+@pytest.fixture
+def docker_config(repo: Path, tenant: str, sha: str) -> KatkitConfig:
+    return parse_config(f"""
+tenants:
+  - name: {tenant}
+    env: DEV
+    builder: docker
+    platform: docker
+    phase_timeout: 5m
+    docker: {{builder_network: none, tenant_network: none, docker_socket: true, settle: 1s, health_timeout: 30s}}
+links:
+  - repo: sample
+    url: {repo}
+    tenants: [{tenant}]
+""")
+
+
+@pytest.fixture
+async def dk(client, settings: Settings, docker_config: KatkitConfig, docker_api, tenant: str, image_repo: str):
+    yield Katkit(client, settings, docker_config)
+    for c in docker_api.containers(all=True, filters={"label": f"katkit.tenant={tenant}"}):
+        docker_api.remove_container(c["Id"], force=True)
+    for img in docker_api.images(name=image_repo):
+        docker_api.remove_image(img["Id"], force=True)
+
+
+def build_image(tag: str, dockerfile: str, tmp_path: Path) -> None:
+    ctx = tmp_path / f"ctx-{uuid.uuid4().hex[:6]}"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    (ctx / "app.py").write_text(APP)
+    subprocess.run(["docker", "build", "--network", "none", "-q", "-t", tag, str(ctx)], check=True, capture_output=True)
+
+
+def sample_files(image_repo: str, *phases: dict) -> dict[str, str]:
+    return {
+        "ci.sh": CI,
+        "Dockerfile": DOCKERFILE,
+        "app.py": APP,
+        "katkitconfig.js": json.dumps([{"EnvName": "default", "LocalFleet": "false", "WorkFlow": list(phases)}]),
+        "servicedescription/servicedescription.js": json.dumps({"Name": "sample", "DockerImage": f"{image_repo}:<hubtag>"}),
+    }
+
+
+def run_service(docker_api, tenant: str, image: str, n: int, env: dict[str, str]) -> list[str]:
+    ids = []
+    for _ in range(n):
+        c = docker_api.create_container(image, labels={TENANT_LABEL: tenant, SERVICE_LABEL: "sample"}, environment=env,
+                                        host_config=docker_api.create_host_config(network_mode="none"))
+        docker_api.start(c["Id"])
+        ids.append(c["Id"])
+    return ids
+
+
+def service_containers(docker_api, tenant: str) -> list[dict]:
+    return [docker_api.inspect_container(c["Id"])
+            for c in docker_api.containers(filters={"label": [f"{TENANT_LABEL}={tenant}", f"{SERVICE_LABEL}=sample"]})]
+
+
+def builders(docker_api, tenant: str) -> list[dict]:
+    return docker_api.containers(all=True, filters={"label": ["katkit.builder", f"katkit.tenant={tenant}"]})
+
+
+@pytest.mark.usefixtures("worker")
+async def test_build_test_and_roll_a_service_keeping_env_and_replicas(dk: Katkit, docker_api, repo: Path, tenant: str,
+                                                                       image_repo: str, tmp_path: Path, home: Path) -> None:
+    build_image(f"{image_repo}:old", DOCKERFILE, tmp_path)
+    old_ids = run_service(docker_api, tenant, f"{image_repo}:old", 2, {"GREETING": "hi"})
+    sha = commit_files(repo, sample_files(image_repo, phase("BUILD", 1, params=f"IMAGE={image_repo}"),
+                                          phase("TEST", 2, params=f"IMAGE={image_repo}", parallelism=2),
+                                          phase("DEPLOY", 3, ptype=1)))
+    handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+    st = await dk.wait(handle.run_id)
+    assert st.status == "succeeded" and st.deployed is not None
+    assert (st.deployed.image, st.deployed.replicas, st.deployed.previous_image) == (f"{image_repo}:{sha}", 2, f"{image_repo}:old")
+    running = service_containers(docker_api, tenant)
+    assert len(running) == 2 and {c["Config"]["Image"] for c in running} == {f"{image_repo}:{sha}"}
+    assert all("GREETING=hi" in c["Config"]["Env"] for c in running)
+    assert not any(c["Id"] in old_ids for c in running)
+    assert builders(docker_api, tenant) == []
+    logs = {label: data.decode() async for label, data in dk.follow_logs(handle.run_id)}
+    assert "test shard 0 of 2" in logs["TEST#0"] and "test shard 1 of 2" in logs["TEST#1"]
+    history = DockerPlatform(home / "services").history(dk.config.tenant(tenant), "sample")
+    assert [(h.previous_image, h.image, h.started_by) for h in history] == [(f"{image_repo}:old", f"{image_repo}:{sha}", "bob")]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_ci_failure_removes_the_builder(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str) -> None:
+    sha = commit_files(repo, {**sample_files(image_repo, phase("BUILD", 1)), "ci.sh": "echo failing; exit 7\n"})
+    with pytest.raises(RunFailed, match="ci.sh exited 7"):
+        await dk.wait((await dk.start_run(tenant, "sample", sha=sha, by="bob")).run_id)
+    assert builders(docker_api, tenant) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_fast_exit_logs_are_complete(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str) -> None:
+    ci = "for i in $(seq 1 2000); do echo \"fast line $i\"; done\n"
+    sha = commit_files(repo, {**sample_files(image_repo, phase("BUILD", 1)), "ci.sh": ci})
+    handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+    await dk.wait(handle.run_id)
+    log = b"".join([d async for _, d in dk.follow_logs(handle.run_id)]).decode()
+    assert [line for line in log.splitlines() if line.startswith("fast line")] == [f"fast line {i}" for i in range(1, 2001)]
+
+
+@pytest.mark.usefixtures("worker")
+async def test_hung_ci_sh_is_killed_at_the_phase_timeout(client, settings, docker_config: KatkitConfig, docker_api,
+                                                         repo: Path, tenant: str, image_repo: str) -> None:
+    from datetime import timedelta
+
+    docker_config.tenant(tenant).phase_timeout = timedelta(seconds=3)
+    dk = Katkit(client, settings, docker_config)
+    sha = commit_files(repo, sample_files(image_repo, phase("HANG", 1)))
+    with pytest.raises(RunFailed, match="timed out after the phase timeout of 3 s"):
+        await dk.wait((await dk.start_run(tenant, "sample", sha=sha, by="bob")).run_id)
+    assert builders(docker_api, tenant) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_cancel_mid_phase_removes_the_container(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str) -> None:
+    sha = commit_files(repo, sample_files(image_repo, phase("HANG", 1)))
+    handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+    await wait_for(lambda: builders(docker_api, tenant))
+    await dk.cancel(handle.run_id)
+    with pytest.raises(RunFailed, match="cancelled"):
+        await dk.wait(handle.run_id)
+    assert builders(docker_api, tenant) == []  # gone before the run closed, not 10 s later
+
+
+@pytest.mark.usefixtures("worker")
+async def test_oom_killed_builder_fails_the_phase_saying_so(client, settings, docker_config: KatkitConfig, docker_api,
+                                                            repo: Path, tenant: str, image_repo: str) -> None:
+    docker_config.tenant(tenant).docker.memory = "64m"
+    dk = Katkit(client, settings, docker_config)
+    sha = commit_files(repo, sample_files(image_repo, phase("OOM", 1)))
+    with pytest.raises(RunFailed) as info:
+        await dk.wait((await dk.start_run(tenant, "sample", sha=sha, by="bob")).run_id)
+    assert "out of memory" in str(info.value) or "exited 137" in str(info.value), info.value
+    assert builders(docker_api, tenant) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_externally_killed_builder_fails_the_phase_saying_so(dk: Katkit, docker_api, repo: Path, tenant: str,
+                                                                   image_repo: str) -> None:
+    sha = commit_files(repo, sample_files(image_repo, phase("HANG", 1)))
+    handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+    found = await wait_for(lambda: builders(docker_api, tenant))
+    await wait_for(lambda: b"hanging" in docker_api.logs(found[0]["Id"]))
+    docker_api.kill(found[0]["Id"])
+    with pytest.raises(RunFailed, match="stopped with SIGKILL from outside katkit"):
+        await dk.wait(handle.run_id)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_missing_image_at_deploy(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str) -> None:
+    sha = commit_files(repo, sample_files(image_repo, phase("NOOP", 1), phase("DEPLOY", 2, ptype=1)))
+    with pytest.raises(RunFailed, match=f"image {image_repo}:{sha} not found — did a build phase build it\\?"):
+        await dk.wait((await dk.start_run(tenant, "sample", sha=sha, by="bob")).run_id)
+    assert service_containers(docker_api, tenant) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_failed_rollout_keeps_the_old_replicas(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str,
+                                                     tmp_path: Path) -> None:
+    build_image(f"{image_repo}:old", DOCKERFILE, tmp_path)
+    old_ids = run_service(docker_api, tenant, f"{image_repo}:old", 2, {"GREETING": "hi"})
+    sha = commit_files(repo, sample_files(image_repo, phase("NOOP", 1), phase("DEPLOY", 2, ptype=1)))
+    build_image(f"{image_repo}:{sha}", CRASHING_DOCKERFILE, tmp_path)
+    with pytest.raises(RunFailed, match="rollout of .* failed: replica 0 exited .*boom: no config.*the old replicas keep serving"):
+        await dk.wait((await dk.start_run(tenant, "sample", sha=sha, by="bob")).run_id)
+    running = service_containers(docker_api, tenant)
+    assert sorted(c["Id"] for c in running) == sorted(old_ids)
+    assert docker_api.containers(all=True, filters={"label": [f"{TENANT_LABEL}={tenant}", "katkit.deployed_by_run"]}) == []
+
+
+async def test_missing_builder_image_is_bad_input_before_anything_starts(dk: Katkit, docker_api, repo: Path, tenant: str,
+                                                                        image_repo: str) -> None:
+    sha = commit_files(repo, sample_files(image_repo, phase("BUILD", 1, image="no-such-image:1")))
+    with pytest.raises(BadInput, match="builder image 'no-such-image:1' is not on the Docker engine"):
+        await dk.start_run(tenant, "sample", sha=sha, by="bob")
+    assert builders(docker_api, tenant) == []
+
+
+@pytest.mark.usefixtures("worker")
+async def test_local_fleet_picks_the_network(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str, docker_config) -> None:
+    docker_config.tenant(tenant).docker.tenant_network = "host"  # LocalFleet true joins the tenant's network
+    for local_fleet, expected in (("true", "host"), ("false", "none")):
+        files = sample_files(image_repo, phase("HANG", 1))
+        cfg = json.loads(files["katkitconfig.js"])
+        cfg[0]["LocalFleet"] = local_fleet
+        sha = commit_files(repo, {**files, "katkitconfig.js": json.dumps(cfg)})
+        handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+        found = await wait_for(lambda: builders(docker_api, tenant))
+        assert docker_api.inspect_container(found[0]["Id"])["HostConfig"]["NetworkMode"] == expected
+        await dk.cancel(handle.run_id)
+        with pytest.raises(RunFailed):
+            await dk.wait(handle.run_id)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_twenty_concurrent_runs_leave_no_container(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str) -> None:
+    shas = [commit_files(repo, {**sample_files(image_repo, phase("NOOP", 1)), "n.txt": str(i)}) for i in range(20)]
+    handles = await asyncio.gather(*(dk.start_run(tenant, "sample", sha=s, by="bob") for s in shas))
+    results = await asyncio.gather(*(dk.wait(h.run_id, interval=1.0) for h in handles))
+    assert [r.status for r in results] == ["succeeded"] * 20
+    assert builders(docker_api, tenant) == []
+    assert docker_api.containers(all=True, filters={"label": "katkit.builder"}) == []
+
+
+async def test_sigkilled_worker_reattaches_to_the_one_container(client, settings: Settings, docker_config: KatkitConfig,
+                                                                docker_api, dk: Katkit, repo: Path, tenant: str,
+                                                                image_repo: str, tmp_path: Path) -> None:
+    sha = commit_files(repo, sample_files(image_repo, phase("BUILD0", 1), phase("SLOW", 2)))
+    since = int(time.time()) - 1
+    first = start_worker(settings, tmp_path / "w1.log")
+    second = None
+    try:
+        handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+        slow = await wait_for(lambda: [c for c in builders(docker_api, tenant) if c["Labels"].get("katkit.phase") == "SLOW"])
+        await wait_for(lambda: b"line 8" in docker_api.logs(slow[0]["Id"]))
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+        second = start_worker(settings, tmp_path / "w2.log")
+        st = await dk.wait(handle.run_id, interval=0.5)
+        assert st.status == "succeeded" and st.phases[1].shards[0].reattached
+        events = docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                   filters={"event": "create", "label": f"katkit.tenant={tenant}"})
+        created = [e["Actor"]["Attributes"]["katkit.phase"] for e in events]
+        assert sorted(created) == ["BUILD0", "SLOW"]  # one container ever for each shard
+        log = b"".join([d async for _, d in dk.follow_logs(handle.run_id, "SLOW")]).decode()
+        assert [line for line in log.splitlines() if line.startswith("line ")] == [f"line {i}" for i in range(1, 41)]
+        assert builders(docker_api, tenant) == []
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)
+
+
+async def test_orphan_reaper_removes_builders_of_closed_runs(client, docker_api, tenant: str, repo: Path, sha: str) -> None:
+    builder = DockerBuilder(DockerConfig(builder_network="none"), tenant)
+    labels = {"katkit.tenant": tenant, "katkit.run": f"run-gone-{tenant}", "katkit.execution": ""}
+    builder.start(BuilderSpec(name=f"katkit-orphan-{tenant}", labels=labels, repo_url=str(repo), sha=sha,
+                              env={"KATKIT_PHASE": "HANG"}))
+    try:
+        removed = await reap_once(client, [builder])
+        assert f"katkit-orphan-{tenant}" in removed and builders(docker_api, tenant) == []
+    finally:
+        builder.remove(f"katkit-orphan-{tenant}")
+
+
+def test_engine_down_is_one_line_and_retryable(monkeypatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "unix:///tmp/katkit-no-such-docker.sock")
+    import katkit.builders.docker as docker_module
+
+    monkeypatch.setattr(docker_module, "_client", None)
+    with pytest.raises(InfraError) as info:
+        DockerBuilder(DockerConfig(), "t").check_image(None)
+    assert "unix:///tmp/katkit-no-such-docker.sock" in str(info.value) and "is dockerd running?" in str(info.value)
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(docker_module, "_client", None)  # the next test gets the real engine back

@@ -2,7 +2,7 @@
 # The newcomer's entry point. It makes .venv, installs katkit with its test tools, then:
 #   ./dev.sh demo     the main job end to end (Temporal dev server + worker + a sample repo through DEV and PROD)
 #   ./dev.sh test     the whole test suite (what CI runs)
-#   ./dev.sh bench    the benchmarks
+#   ./dev.sh bench    the benchmarks (the Docker one when an engine answers)
 #   ./dev.sh ARGS     any katkit command, e.g. ./dev.sh status RUN
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -25,6 +25,9 @@ cmd=${1:-demo}
 case "$cmd" in
   demo) exec .venv/bin/katkit demo "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;
-  bench) exec .venv/bin/python bench/bench_local.py "$@" ;;
+  bench)
+    .venv/bin/python bench/bench_local.py "$@"
+    if docker info >/dev/null 2>&1; then .venv/bin/python bench/bench_docker.py
+    else echo "dev.sh: no Docker engine: skipped bench/bench_docker.py (see README, Docker)" >&2; fi ;;
   *) exec .venv/bin/katkit "$cmd" "$@" ;;
 esac

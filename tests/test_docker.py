@@ -249,6 +249,7 @@ async def test_missing_builder_image_is_bad_input_before_anything_starts(dk: Kat
 @pytest.mark.usefixtures("worker")
 async def test_local_fleet_picks_the_network(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str, docker_config) -> None:
     docker_config.tenant(tenant).docker.tenant_network = "host"  # LocalFleet true joins the tenant's network
+    docker_config.tenant(tenant).docker.cpus, docker_config.tenant(tenant).docker.memory = 0.5, "256m"
     for local_fleet, expected in (("true", "host"), ("false", "none")):
         files = sample_files(image_repo, phase("HANG", 1))
         cfg = json.loads(files["katkitconfig.js"])
@@ -256,7 +257,8 @@ async def test_local_fleet_picks_the_network(dk: Katkit, docker_api, repo: Path,
         sha = commit_files(repo, {**files, "katkitconfig.js": json.dumps(cfg)})
         handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
         found = await wait_for(lambda: builders(docker_api, tenant))
-        assert docker_api.inspect_container(found[0]["Id"])["HostConfig"]["NetworkMode"] == expected
+        host_config = docker_api.inspect_container(found[0]["Id"])["HostConfig"]
+        assert (host_config["NetworkMode"], host_config["NanoCpus"], host_config["Memory"]) == (expected, 500_000_000, 256 << 20)
         await dk.cancel(handle.run_id)
         with pytest.raises(RunFailed):
             await dk.wait(handle.run_id)
@@ -324,3 +326,38 @@ def test_engine_down_is_one_line_and_retryable(monkeypatch) -> None:
     assert "unix:///tmp/katkit-no-such-docker.sock" in str(info.value) and "is dockerd running?" in str(info.value)
     assert "\n" not in str(info.value)
     monkeypatch.setattr(docker_module, "_client", None)  # the next test gets the real engine back
+
+
+async def test_deploy_interrupted_by_a_worker_crash_ends_with_one_set_of_replicas(
+        settings: Settings, docker_config: KatkitConfig, docker_api, dk: Katkit, repo: Path, tenant: str,
+        image_repo: str, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    docker_config.tenant(tenant).docker.settle = timedelta(seconds=8)  # a long health wait to crash in
+    build_image(f"{image_repo}:old", DOCKERFILE, tmp_path)
+    run_service(docker_api, tenant, f"{image_repo}:old", 2, {"GREETING": "hi"})
+    sha = commit_files(repo, sample_files(image_repo, phase("NOOP", 1), phase("DEPLOY", 2, ptype=1)))
+    build_image(f"{image_repo}:{sha}", DOCKERFILE, tmp_path)
+    since = int(time.time()) - 1
+    first = start_worker(settings, tmp_path / "w1.log")
+    second = None
+    try:
+        handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+        new = [f"{TENANT_LABEL}={tenant}", "katkit.deployed_by_run"]
+        await wait_for(lambda: len(docker_api.containers(filters={"label": new})) == 2)
+        first.send_signal(signal.SIGKILL)  # both sets run now: the old replicas and the new, not yet healthy
+        first.wait()
+        second = start_worker(settings, tmp_path / "w2.log")
+        st = await dk.wait(handle.run_id, interval=0.5)
+        assert st.status == "succeeded" and st.deployed is not None and st.deployed.previous_image == f"{image_repo}:old"
+        running = service_containers(docker_api, tenant)
+        assert len(running) == 2 and {c["Config"]["Image"] for c in running} == {f"{image_repo}:{sha}"}
+        assert all("GREETING=hi" in c["Config"]["Env"] for c in running)
+        events = docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                   filters={"event": "create", "label": new})
+        assert len(list(events)) == 2  # the resumed deploy took over the replicas it had started
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)

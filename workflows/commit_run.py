@@ -58,7 +58,7 @@ CHECKOUT_TIMEOUT = timedelta(minutes=10)
 SHARD_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 SHARD_TIMEOUT_MARGIN = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=30)
-DEPLOY_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
+DEPLOY_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 CLEANUP_TIMEOUT = timedelta(minutes=2)
 
 

@@ -18,18 +18,18 @@ from katkit.log import configure_logging, get_logger
 from katkit.logstore import DirLogStore
 from katkit.reaper import reap_forever
 from katkit.temporal import connect, ensure_search_attributes
-from workflows import CommitRun
+from workflows import CommitRun, DeployLock, Promotion
 
 MAX_CONCURRENT_ACTIVITIES = 100
 log = get_logger("katkit.worker")
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
-    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path))
+    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path), client=client, executor=executor)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
-        workflows=[CommitRun],
+        workflows=[CommitRun, DeployLock, Promotion],
         activities=activities.all(),
         activity_executor=executor,
         max_concurrent_activities=executor._max_workers,  # one thread for each activity that may run

@@ -7,8 +7,13 @@ faults are retryable.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
+import json
 import time
+import urllib.request
+from concurrent.futures import Executor
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +21,9 @@ from typing import Any, TypeVar
 
 import structlog
 from temporalio import activity
+from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from katkit.builders import Builder, BuilderSpec, builder_for, builder_name
@@ -25,6 +33,11 @@ from katkit.gitrepo import RepoMirror, normalize_url
 from katkit.logstore import LogStore
 from katkit.models import (
     CheckoutInput,
+    ClosedRunsInput,
+    LockGrant,
+    LockRequest,
+    LockState,
+    NotifyInput,
     PhaseType,
     DeployInput,
     DeployResult,
@@ -33,13 +46,15 @@ from katkit.models import (
     ShardInput,
     ShardResult,
 )
-from katkit.names import log_key
+from katkit.names import deploy_lock_id, log_key
 from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
 
 LOG_CHUNK = 1 << 20
 POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
 TIMED_OUT_EXIT = 124
+NOTIFY_TIMEOUT_S = 5
+DEPLOY_LOCK = "DeployLock"
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("katkit.activities")
@@ -84,7 +99,11 @@ class KatkitActivities:
         mirror: RepoMirror | None = None,
         builders: Callable[[TenantConfig], Builder] | None = None,
         platforms: Callable[[TenantConfig], Platform] | None = None,
+        client: Client | None = None,
+        executor: Executor | None = None,
     ) -> None:
+        self.client = client
+        self.executor = executor
         self.home = home
         self.log_store = log_store
         self.mirror = mirror or RepoMirror(home / "git")
@@ -92,7 +111,7 @@ class KatkitActivities:
         self._platforms = platforms or (lambda t: get_platform(t.platform, home))
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.checkout, self.run_shard, self.remove_builder, self.deploy]
+        return [self.checkout, self.run_shard, self.remove_builder, self.deploy, self.closed_runs, self.notify]
 
     @activity.defn(name="checkout")
     @translate_errors
@@ -195,11 +214,62 @@ class KatkitActivities:
         self._builders(inp.tenant).remove(inp.builder)
 
     @activity.defn(name="deploy")
+    async def deploy(self, inp: DeployInput) -> DeployResult:
+        """Take the tenant service's deploy lock, then deploy (keeping env vars and replicas), then release it."""
+        req = LockRequest(tenant=inp.tenant.name, service=inp.service.name, run_id=inp.run_id,
+                          execution=inp.execution, policy=inp.tenant.deploy_lock)
+        grant = await self._acquire(req) if self.client is not None else LockGrant(granted=True)
+        if not grant.granted:
+            why = f"superseded by newer run {grant.superseded_by}" if grant.superseded_by else "the deploy lock was withdrawn"
+            raise ApplicationError(why, type="Superseded", non_retryable=True)
+        job = asyncio.get_running_loop().run_in_executor(self.executor, self._deploy_sync, inp, grant.waited_s)
+        try:
+            while True:  # heartbeat from the event loop while the sync SDK works on a thread
+                try:
+                    return await asyncio.wait_for(asyncio.shield(job), timeout=1.0)
+                except asyncio.TimeoutError:
+                    activity.heartbeat()
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(job)  # a deploy that has begun ends before the lock is given up
+            raise
+        finally:
+            if self.client is not None:
+                await asyncio.shield(self._release(req))
+
+    async def _acquire(self, req: LockRequest) -> LockGrant:
+        assert self.client is not None
+        start = WithStartWorkflowOperation(
+            DEPLOY_LOCK, LockState(tenant=req.tenant, service=req.service, policy=req.policy),
+            id=deploy_lock_id(activity.info().task_queue, req.tenant, req.service), task_queue=activity.info().task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"deploy lock of {req.service} in {req.tenant}",
+        )
+        call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
+            "acquire", req, start_workflow_operation=start, result_type=LockGrant))
+        try:
+            while True:
+                done, _ = await asyncio.wait({call}, timeout=2.0)
+                if done:
+                    return call.result()
+                activity.heartbeat("waiting for the deploy lock")
+        except BaseException:
+            call.cancel()
+            raise
+
+    async def _release(self, req: LockRequest) -> None:
+        assert self.client is not None
+        try:
+            lock = deploy_lock_id(activity.info().task_queue, req.tenant, req.service)
+            await self.client.get_workflow_handle(lock).execute_update("release", req)
+        except Exception as exc:  # noqa: BLE001 - the lock's watchdog frees it once this run closes
+            log.warning("could not release the deploy lock", run_id=req.run_id, error=str(exc))
+
     @translate_errors
-    def deploy(self, inp: DeployInput) -> DeployResult:
-        """Put the sha into the image and update the running service, keeping its env vars and replicas."""
+    def _deploy_sync(self, inp: DeployInput, waited_s: float) -> DeployResult:
         platform = self._platforms(inp.tenant)
-        image = inp.service.image_for(inp.sha)
+        image = inp.image or inp.service.image_for(inp.sha)
+        started = datetime.now(timezone.utc)
         running = platform.current(inp.tenant, inp.service.name)
         fields = inp.service.fields
         if running is not None:
@@ -208,19 +278,52 @@ class KatkitActivities:
             extra = fields.get("ExtraConfig") if isinstance(fields.get("ExtraConfig"), str) else None
             replicas = int(fields["Replicas"]) if isinstance(fields.get("Replicas"), int) else 1
             previous = None
-        now = datetime.now(timezone.utc)
         if running is not None and running.image == image:
             history = platform.history(inp.tenant, inp.service.name)
             if history and history[-1].run_id == inp.run_id:  # a retry after the deploy went through
-                previous = history[-1].previous_image
-                return DeployResult(service=inp.service.name, image=image, previous_image=previous,
-                                    replicas=replicas, extra_config=extra, deployed_at=history[-1].at)
+                return DeployResult(service=inp.service.name, image=image, previous_image=history[-1].previous_image,
+                                    replicas=replicas, extra_config=extra, deployed_at=history[-1].at,
+                                    lock_waited_s=waited_s, started_at=started)
         target = RunningService(name=inp.service.name, image=image, extra_config=extra, replicas=replicas,
                                 fields={k: v for k, v in fields.items() if k not in ("ExtraConfig", "Replicas")})
         record = DeploymentRecord(run_id=inp.run_id, sha=inp.sha, previous_image=previous, image=image,
-                                  replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by, at=now)
-        platform.deploy(inp.tenant, inp.service, target, record, progress=activity.heartbeat)
-        previous = record.previous_image
+                                  replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by,
+                                  at=started, repo=inp.repo, kind="rollback" if inp.image else "deploy")
+        platform.deploy(inp.tenant, inp.service, target, record, progress=lambda: None)
+        now = datetime.now(timezone.utc)
         log.info("deployed", run_id=inp.run_id, tenant=inp.tenant.name, service=inp.service.name, image=image)
-        return DeployResult(service=inp.service.name, image=image, previous_image=previous, replicas=replicas,
-                            extra_config=extra, deployed_at=now)
+        return DeployResult(service=inp.service.name, image=image, previous_image=record.previous_image,
+                            replicas=replicas, extra_config=extra, deployed_at=now, lock_waited_s=waited_s,
+                            started_at=started)
+
+    @activity.defn(name="closed_runs")
+    async def closed_runs(self, inp: ClosedRunsInput) -> list[str]:
+        """Which of these runs have closed (or never existed): the deploy lock's watchdog frees their hold."""
+        assert self.client is not None
+        closed = []
+        for run_id, execution in inp.executions:
+            try:
+                desc = await self.client.get_workflow_handle(run_id, run_id=execution or None).describe()
+                if desc.status != WorkflowExecutionStatus.RUNNING:
+                    closed.append(run_id)
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                closed.append(run_id)
+        return closed
+
+    @activity.defn(name="notify")
+    def notify(self, inp: NotifyInput) -> None:
+        """POST the event as JSON to each webhook; a failing one is retried, then given up (never fails a run)."""
+        body = json.dumps(inp.event).encode()
+        failed = []
+        for url in inp.urls:
+            req = urllib.request.Request(url, data=body, method="POST",
+                                         headers={"Content-Type": "application/json", "User-Agent": "katkit"})
+            try:
+                with urllib.request.urlopen(req, timeout=NOTIFY_TIMEOUT_S) as resp:
+                    resp.read()
+            except (OSError, ValueError) as exc:
+                failed.append(f"{url}: {exc}")
+        if failed:
+            raise ApplicationError(f"webhook delivery failed: {'; '.join(failed)[:300]}", type="WebhookFailed")

@@ -46,9 +46,18 @@ class Strict(BaseModel):
 class ApprovalPolicy(Strict):
     required: bool = False
     approvers: list[str] = Field(default_factory=list, description="who may decide; empty: anyone")
+    min_approvals: int = Field(1, ge=1, description="distinct approvals needed (quorum)")
     allow_self_approval: bool = False
     timeout: Duration | None = None
     on_timeout: Literal["reject", "cancel"] = "reject"
+    wait_timer: Duration | None = Field(None, description="the deployment starts no sooner than this after the gate opened")
+
+    @model_validator(mode="after")
+    def _quorum_possible(self) -> ApprovalPolicy:
+        if self.approvers and self.min_approvals > len(self.approvers):
+            raise ValueError(f"min_approvals {self.min_approvals} is more than the {len(self.approvers)} approvers; "
+                             "lower it or add approvers")
+        return self
 
 
 class DockerConfig(Strict):
@@ -76,6 +85,9 @@ class TenantConfig(Strict):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     phase_timeout: Duration = timedelta(hours=1)
     docker: DockerConfig = Field(default_factory=DockerConfig)
+    deploy_lock: Literal["queue", "supersede"] = Field(
+        "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
+    webhooks: list[str] = Field(default_factory=list, description="URLs that receive a JSON event for each gate/deploy event")
 
 
 class LinkConfig(Strict):

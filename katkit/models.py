@@ -64,6 +64,7 @@ class CommitRunInput(Model):
     sha: str
     ref: str = Field("", description="what the user asked for, e.g. 'branch main' or 'pr 12'")
     started_by: str
+    rollback: RollbackSpec | None = None
 
 
 class CheckoutInput(Model):
@@ -102,11 +103,14 @@ class ShardResult(Model):
 
 class DeployInput(Model):
     run_id: str
+    execution: str = Field("", description="the workflow run id of the deploying run (lock identity)")
     tenant: TenantConfig
     sha: str
+    repo: str = ""
     service: ServiceDescription
     started_by: str
     approved_by: list[str] = Field(default_factory=list)
+    image: str | None = Field(None, description="deploy exactly this image (rollback) instead of the sha's")
 
 
 class DeployResult(Model):
@@ -116,6 +120,8 @@ class DeployResult(Model):
     replicas: int
     extra_config: str | None = None
     deployed_at: datetime
+    lock_waited_s: float = Field(0.0, description="how long the deploy waited for the tenant service's deploy lock")
+    started_at: datetime | None = Field(None, description="when the deploy itself began (lock held)")
 
 
 class DecisionInput(Model):
@@ -159,9 +165,13 @@ class PhaseState(Model):
 class ApprovalState(Model):
     required: bool = False
     approvers: list[str] = Field(default_factory=list)
+    min_approvals: int = 1
     allow_self_approval: bool = False
     awaiting: bool = False
     since: datetime | None = None
+    approved_by: list[str] = Field(default_factory=list)
+    outcome: str = Field("", description="approved, rejected, timed_out or '' while undecided")
+    deploy_not_before: datetime | None = Field(None, description="the end of the tenant's wait timer")
     decisions: list[Decision] = Field(default_factory=list)
 
 
@@ -183,3 +193,78 @@ class RunStatus(Model):
     approval: ApprovalState = Field(default_factory=ApprovalState)
     deployed: DeployResult | None = None
     error: str = ""
+
+
+class RollbackSpec(Model):
+    """A run that only redeploys an image from the deployment history, through the same gate and lock."""
+
+    service: str
+    image: str
+    sha: str = ""
+
+
+class LockRequest(Model):
+    tenant: str
+    service: str
+    run_id: str
+    execution: str = ""
+    policy: str = "queue"
+
+
+class LockGrant(Model):
+    granted: bool
+    superseded_by: str = ""
+    waited_s: float = 0.0
+
+
+class LockEntry(Model):
+    run_id: str
+    execution: str = ""
+    since: datetime
+
+
+class LockState(Model):
+    tenant: str
+    service: str
+    policy: str = "queue"
+    holder: LockEntry | None = None
+    waiters: list[LockEntry] = Field(default_factory=list)
+    superseded: dict[str, str] = Field(default_factory=dict)
+    withdrawn: list[str] = Field(default_factory=list)
+    grants: int = 0
+
+
+class ClosedRunsInput(Model):
+    executions: list[tuple[str, str]] = Field(default_factory=list, description="(workflow id, run id) pairs")
+
+
+class NotifyInput(Model):
+    urls: list[str]
+    event: dict[str, object]
+
+
+class PromotionInput(Model):
+    link: LinkConfig
+    sha: str
+    tenants: list[TenantConfig]
+    started_by: str
+
+
+class PromotionStep(Model):
+    tenant: str
+    run_id: str
+    status: str = "pending"
+    error: str = ""
+    image: str = ""
+
+
+class PromotionStatus(Model):
+    promotion_id: str
+    repo: str
+    sha: str
+    started_by: str
+    status: str = "running"
+    current: str = ""
+    steps: list[PromotionStep] = Field(default_factory=list)
+
+CommitRunInput.model_rebuild()

@@ -35,3 +35,8 @@ def log_key(run_id: str, execution: str, phase: str, shard: int) -> str:
 
 def _safe(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", part)
+
+
+def deploy_lock_id(task_queue: str, tenant: str, service: str) -> str:
+    """One deploy lock per tenant service and katkit installation (its task queue)."""
+    return f"lock-{task_queue}-{tenant}-{service}"

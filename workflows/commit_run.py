@@ -17,12 +17,17 @@ with workflow.unsafe.imports_passed_through():
     from activities.katkit_activities import KatkitActivities
     from katkit.builders import builder_name
     from katkit.errors import BAD_INPUT_TYPE
+    from workflows.gate import ApprovalGate
     from katkit.models import (
         ApprovalState,
+        NotifyInput,
+        RollbackSpec,
+        ServiceDescription,
         CheckoutInput,
         CommitRunInput,
         Decision,
         DecisionInput,
+        DeployResult,
         DeployInput,
         Phase,
         PhaseState,
@@ -60,6 +65,9 @@ SHARD_TIMEOUT_MARGIN = timedelta(minutes=5)
 DEPLOY_TIMEOUT = timedelta(minutes=30)
 DEPLOY_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 CLEANUP_TIMEOUT = timedelta(minutes=2)
+NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+NOTIFY_BUDGET = timedelta(seconds=20)
+GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded before it replay without them
 
 
 class RunFailure(Exception):
@@ -80,18 +88,21 @@ class CommitRun:
             run_id=workflow.info().workflow_id, tenant=inp.tenant.name, env=inp.tenant.env, repo=inp.link.repo,
             sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(),
             approval=ApprovalState(required=policy.required, approvers=list(policy.approvers),
-                                   allow_self_approval=policy.allow_self_approval),
+                                   min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval),
         )
-        self._verdict: Decision | None = None
+        self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval)
         self._cleanup_later: list[str] = []
         self._search_attributes: dict[str, str] = {}
+        self._notifications: list[asyncio.Future[None]] = []
+        self._v2 = False
 
     # -- the run ---------------------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: CommitRunInput) -> RunStatus:
+        self._v2 = workflow.patched(GATES_PATCH)
         try:
-            self._set(status="running", phase="checkout")
-            plan: RunPlan = await workflow.execute_activity_method(
+            self._set(status="running", phase="checkout" if inp.rollback is None else "ROLLBACK")
+            plan = self._rollback_plan(inp.rollback) if inp.rollback else await workflow.execute_activity_method(
                 KatkitActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha, tenant=inp.tenant),
                 start_to_close_timeout=CHECKOUT_TIMEOUT, retry_policy=INFRA_RETRY,
                 summary=f"checkout {inp.link.repo}@{inp.sha[:12]}",
@@ -113,11 +124,21 @@ class CommitRun:
             raise ApplicationError(str(exc), self._status, type="RunFailed", non_retryable=True) from None
         except ActivityError as exc:
             cause = exc.cause.message if isinstance(exc.cause, FailureError) else str(exc)
+            if isinstance(exc.cause, ApplicationError) and exc.cause.type == "Superseded":
+                self._finish("cancelled", cause)
+                raise asyncio.CancelledError(cause) from None
             self._finish("failed", cause)
             raise ApplicationError(cause, self._status, type="RunFailed", non_retryable=True) from None
         except (asyncio.CancelledError, CancelledError):
-            self._finish("cancelled", "cancelled")
+            self._finish("cancelled", self._status.error or "cancelled")
             raise
+        finally:
+            await self._flush_notifications()
+
+    def _rollback_plan(self, rollback: RollbackSpec) -> RunPlan:
+        service = ServiceDescription(name=rollback.service, docker_image=rollback.image, fields={"Name": rollback.service})
+        phase = Phase(name="ROLLBACK", type=PhaseType.DEPLOYMENT, order=1)
+        return RunPlan(sha=rollback.sha or self._inp.sha, env_entry="rollback", phases=[phase], service=service)
 
     async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
         self._start_phase(state, "running")
@@ -199,38 +220,104 @@ class CommitRun:
     async def _deploy(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
         assert plan.service is not None
         policy = self._inp.tenant.approval
-        approved_by: list[str] = []
+        opened = workflow.now()
         if policy.required:
-            self._start_phase(state, "awaiting_approval")
-            self._status.approval.awaiting = True
-            self._status.approval.since = workflow.now()
-            try:
-                await workflow.wait_condition(lambda: self._verdict is not None, timeout=policy.timeout)
-            except asyncio.TimeoutError:
-                self._verdict = Decision(kind="timeout", by="timeout", at=workflow.now(),
-                                         text=f"no decision within {policy.timeout}; on_timeout is {policy.on_timeout}")
-                self._status.approval.decisions.append(self._verdict)
-            self._status.approval.awaiting = False
-            verdict = self._verdict
-            assert verdict is not None
-            if verdict.kind != "approve":
-                if verdict.kind == "timeout" and policy.on_timeout == "cancel":
-                    self._end_phase(state, "cancelled", verdict.text)
-                    raise asyncio.CancelledError(verdict.text)
-                self._end_phase(state, "rejected", f"rejected by {verdict.by}: {verdict.text}".rstrip(": "))
-                raise RunFailure(state.message, status="rejected")
-            approved_by = [verdict.by]
+            await self._await_approval(state)
+        if self._v2 and policy.wait_timer:  # a soak period: no deploy before it has passed since the gate opened
+            not_before = opened + policy.wait_timer
+            self._status.approval.deploy_not_before = not_before
+            if workflow.now() < not_before:
+                self._start_phase(state, "wait_timer")
+                await workflow.sleep(not_before - workflow.now())
         self._start_phase(state, "deploying")
-        image = plan.service.image_for(plan.sha)
-        result = await workflow.execute_activity_method(
-            KatkitActivities.deploy,
-            DeployInput(run_id=self._status.run_id, tenant=self._inp.tenant, sha=plan.sha, service=plan.service,
-                        started_by=self._inp.started_by, approved_by=approved_by),
-            start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
-            summary=f"deploy {plan.service.name} -> {image}",
-        )
+        image = self._inp.rollback.image if self._inp.rollback else plan.service.image_for(plan.sha)
+        try:
+            result: DeployResult = await workflow.execute_activity_method(
+                KatkitActivities.deploy,
+                DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=self._inp.tenant,
+                            sha=plan.sha, repo=self._inp.link.repo, service=plan.service, started_by=self._inp.started_by,
+                            approved_by=list(self._status.approval.approved_by),
+                            image=self._inp.rollback.image if self._inp.rollback else None),
+                start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{'rollback' if self._inp.rollback else 'deploy'} {plan.service.name} -> {image}",
+            )
+        except ActivityError as exc:
+            cause = exc.cause.message if isinstance(exc.cause, FailureError) else str(exc)
+            superseded = isinstance(exc.cause, ApplicationError) and exc.cause.type == "Superseded"
+            self._end_phase(state, "cancelled" if superseded else "failed", cause)
+            self._status.error = cause
+            if not superseded:
+                self._notify("failed", error=cause)
+            raise
         self._status.deployed = result
         self._end_phase(state, "succeeded", f"deployed {result.image}")
+        self._notify("rolled_back" if self._inp.rollback else "deployed", image=result.image,
+                     previous_image=result.previous_image)
+
+    async def _await_approval(self, state: PhaseState) -> None:
+        policy = self._inp.tenant.approval
+        self._start_phase(state, "awaiting_approval")
+        self._status.approval.awaiting = True
+        self._status.approval.since = workflow.now()
+        self._notify("awaiting_approval", approvers=policy.approvers, min_approvals=policy.min_approvals)
+        try:
+            await workflow.wait_condition(lambda: self._gate.decided, timeout=policy.timeout)
+        except asyncio.TimeoutError:
+            self._gate.time_out(workflow.now())
+        self._status.approval.awaiting = False
+        outcome, last = self._status.approval.outcome, self._status.approval.decisions[-1]
+        self._memo()
+        if outcome == "approved":
+            self._notify("approved", by=self._status.approval.approved_by, comment=last.text)
+            return
+        if outcome == "timed_out":
+            self._notify("timed_out", on_timeout=policy.on_timeout)
+            if policy.on_timeout == "cancel":
+                self._end_phase(state, "cancelled", last.text)
+                self._status.error = last.text
+                raise asyncio.CancelledError(last.text)
+            raise RunFailure(self._reject_phase(state, f"rejected by timeout: {last.text}"), status="rejected")
+        self._notify("rejected", by=last.by, reason=last.text)
+        raise RunFailure(self._reject_phase(state, f"rejected by {last.by}: {last.text}".rstrip(": ")), status="rejected")
+
+    def _reject_phase(self, state: PhaseState, message: str) -> str:
+        self._end_phase(state, "rejected", message)
+        return message
+
+    # -- webhooks and the memo ---------------------------------------------------------------------------
+    def _notify(self, event: str, **detail: object) -> None:
+        """Send a webhook event in the background: retried a little, never blocking or failing the run."""
+        if not self._v2 or not self._inp.tenant.webhooks:
+            return
+        payload = {"event": event, "run_id": self._status.run_id, "tenant": self._status.tenant,
+                   "repo": self._status.repo, "sha": self._status.sha, "phase": self._status.phase,
+                   "at": workflow.now().isoformat(), **detail}
+        self._notifications.append(workflow.start_activity_method(
+            KatkitActivities.notify, NotifyInput(urls=list(self._inp.tenant.webhooks), event=payload),
+            start_to_close_timeout=timedelta(seconds=10), schedule_to_close_timeout=NOTIFY_BUDGET,
+            retry_policy=NOTIFY_RETRY, summary=f"webhook: {event}",
+        ))
+
+    async def _flush_notifications(self) -> None:
+        pending, self._notifications = self._notifications, []
+        for task in pending:
+            try:
+                await task
+            except BaseException as exc:  # noqa: BLE001 - a dead webhook is logged, never the run's failure
+                workflow.logger.warning("webhook delivery gave up: %s", exc)
+
+    def _memo(self) -> None:
+        if not self._v2:
+            return
+        st = self._status
+        decisions = [f"{d.kind} by {d.by}{'' if d.accepted else ' (refused)'}" for d in st.approval.decisions]
+        summary = f"{st.status}: {st.phase or '-'} | {st.repo}@{st.sha[:12]} -> {st.tenant} by {st.started_by}"
+        if st.deployed:
+            summary += f" | deployed {st.deployed.image}"
+        if st.error:
+            summary += f" | {st.error}"
+        workflow.upsert_memo({"summary": summary, "decisions": decisions})
 
     # -- status and search attributes --------------------------------------------------------------------
     def _set(self, *, status: str | None = None, phase: str | None = None) -> None:
@@ -249,10 +336,11 @@ class CommitRun:
                     updates.append(key.value_set(value))
         if updates:
             workflow.upsert_search_attributes(updates)
+            self._memo()
 
     def _start_phase(self, state: PhaseState, run_state: str) -> None:
         state.state, state.started_at = run_state, state.started_at or workflow.now()
-        self._set(status="running" if run_state == "running" else run_state, phase=state.name)
+        self._set(status=run_state if run_state in ("awaiting_approval", "deploying") else "running", phase=state.name)
 
     def _end_phase(self, state: PhaseState, end_state: str, message: str = "") -> None:
         state.state, state.ended_at, state.message = end_state, workflow.now(), message
@@ -266,6 +354,8 @@ class CommitRun:
         self._status.approval.awaiting = False
         self._status.error = error
         self._status.ended_at = workflow.now()
+        if status == "failed" and not any(p.type == PhaseType.DEPLOYMENT and p.state == "failed" for p in self._status.phases):
+            self._notify("failed", error=error)
         self._set(status=status)
 
     @workflow.query(name=QUERY_STATUS)
@@ -273,31 +363,11 @@ class CommitRun:
         return self._status
 
     # -- the approval gate ---------------------------------------------------------------------------------
-    def _refusal(self, kind: str, by: str) -> str:
-        """Why ``by`` may not make this decision now, or '' when they may."""
-        policy, tenant = self._inp.tenant.approval, self._inp.tenant.name
-        if not by.strip():
-            return "the decision has no 'by'; send {\"by\": \"<user>\", ...}"
-        if not self._status.approval.awaiting:
-            if self._verdict is not None:
-                return f"the gate was already decided ({self._verdict.kind} by {self._verdict.by})"
-            return f"the run is not waiting for approval (status {self._status.status})"
-        if policy.approvers and by not in policy.approvers:
-            return f"{by} is not an approver of tenant {tenant} (approvers: {', '.join(policy.approvers)})"
-        if kind == "approve" and by == self._inp.started_by and not policy.allow_self_approval:
-            return f"{by} started this run and tenant {tenant} does not allow self-approval"
-        return ""
-
     def _decide(self, kind: str, inp: DecisionInput) -> Decision:
-        text = inp.comment if kind == "approve" else (inp.reason or inp.comment)
-        refused = self._refusal(kind, inp.by)
-        decision = Decision(kind=kind, by=inp.by, at=workflow.now(), text=text,  # type: ignore[arg-type]
-                            accepted=not refused, refused_because=refused)
-        self._status.approval.decisions.append(decision)
-        if refused:
-            workflow.logger.warning("decision refused: %s", refused)
-        else:
-            self._verdict = decision
+        decision = self._gate.decide(kind, inp, workflow.now(), self._status.status)
+        if not decision.accepted:
+            workflow.logger.warning("decision refused: %s", decision.refused_because)
+        self._memo()
         return decision
 
     @workflow.signal(name=SIGNAL_APPROVE)
@@ -317,6 +387,6 @@ class CommitRun:
     def _validate_decide(self, kind: str, inp: DecisionInput) -> None:
         if kind not in ("approve", "reject"):
             raise ValueError(f"unknown decision {kind!r}; use approve or reject")
-        refused = self._refusal(kind, inp.by)
+        refused = self._gate.refusal(kind, inp.by, self._status.status)
         if refused:
             raise ValueError(refused)

@@ -37,6 +37,8 @@ class DeploymentRecord(BaseModel):
     started_by: str
     approved_by: list[str] = Field(default_factory=list)
     at: datetime
+    repo: str = ""
+    kind: str = Field("deploy", description="deploy or rollback")
 
 
 class Platform(Protocol):

@@ -1,0 +1,112 @@
+"""``DeployLock``: one deployment at a time per tenant service, across runs, promotions and workers.
+
+One workflow per tenant service (id ``lock-<task queue>-<tenant>-<service>``), started on first use by the deploy
+activity through update-with-start. ``acquire`` is an update that returns when the caller holds the lock
+(waiters are served in arrival order) or was superseded; ``release`` frees it. Retries are re-entrant:
+the same run asking again gets the lock it holds. A watchdog frees the lock of a run that closed
+without releasing it (terminated), so no waiter is lost and nothing deadlocks.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.katkit_activities import KatkitActivities
+    from katkit.models import ClosedRunsInput, LockEntry, LockGrant, LockRequest, LockState
+
+DEPLOY_LOCK = "DeployLock"
+WATCHDOG_INTERVAL = timedelta(seconds=30)
+IDLE_CLOSE_AFTER = timedelta(minutes=10)
+CONTINUE_AS_NEW_AFTER_GRANTS = 500
+
+
+@workflow.defn(name=DEPLOY_LOCK)
+class DeployLock:
+    @workflow.init
+    def __init__(self, state: LockState) -> None:
+        self._state = state
+
+    @workflow.run
+    async def run(self, state: LockState) -> None:
+        while True:
+            busy = self._state.holder is not None or bool(self._state.waiters)
+            try:
+                await workflow.wait_condition(
+                    lambda: self._changed(busy), timeout=WATCHDOG_INTERVAL if busy else IDLE_CLOSE_AFTER)
+            except TimeoutError:
+                if busy:
+                    await self._free_closed_runs()
+                elif workflow.all_handlers_finished():
+                    return  # idle: the next deploy starts the lock again
+            if self._state.grants >= CONTINUE_AS_NEW_AFTER_GRANTS and workflow.all_handlers_finished():
+                self._state.grants = 0
+                workflow.continue_as_new(self._state)
+
+    def _changed(self, busy: bool) -> bool:
+        return busy != (self._state.holder is not None or bool(self._state.waiters))
+
+    async def _free_closed_runs(self) -> None:
+        entries = ([self._state.holder] if self._state.holder else []) + list(self._state.waiters)
+        closed = await workflow.execute_activity_method(
+            KatkitActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
+            start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        for run_id in closed:
+            workflow.logger.warning("freeing the deploy lock of closed run %s", run_id)
+            self._release(run_id)
+
+    @workflow.update
+    async def acquire(self, req: LockRequest) -> LockGrant:
+        st = self._state
+        st.policy = req.policy
+        if st.holder is not None and st.holder.run_id == req.run_id:
+            return LockGrant(granted=True)  # a retried deploy of the holder
+        asked = workflow.now()
+        if req.run_id in st.withdrawn:
+            st.withdrawn.remove(req.run_id)
+        if all(w.run_id != req.run_id for w in st.waiters):
+            if req.policy == "supersede":  # a newer run for the service replaces the older ones still waiting
+                for older in st.waiters:
+                    st.superseded[older.run_id] = req.run_id
+                st.waiters = []
+            st.waiters.append(LockEntry(run_id=req.run_id, execution=req.execution, since=asked))
+        await workflow.wait_condition(lambda: self._my_turn(req.run_id))
+        waited = (workflow.now() - asked).total_seconds()
+        if req.run_id in st.superseded:
+            return LockGrant(granted=False, superseded_by=st.superseded.pop(req.run_id), waited_s=waited)
+        if req.run_id in st.withdrawn:
+            st.withdrawn.remove(req.run_id)
+            return LockGrant(granted=False, waited_s=waited)
+        if st.holder is None:
+            entry = st.waiters.pop(0)
+            st.holder = LockEntry(run_id=entry.run_id, execution=entry.execution, since=workflow.now())
+            st.grants += 1
+        return LockGrant(granted=True, waited_s=waited)
+
+    def _my_turn(self, run_id: str) -> bool:
+        st = self._state
+        if run_id in st.superseded or run_id in st.withdrawn:
+            return True
+        if st.holder is not None:
+            return st.holder.run_id == run_id
+        return bool(st.waiters) and st.waiters[0].run_id == run_id
+
+    @workflow.update
+    def release(self, req: LockRequest) -> None:
+        self._release(req.run_id)
+
+    def _release(self, run_id: str) -> None:
+        st = self._state
+        if st.holder is not None and st.holder.run_id == run_id:
+            st.holder = None
+        elif any(w.run_id == run_id for w in st.waiters):
+            st.waiters = [w for w in st.waiters if w.run_id != run_id]
+            st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
+
+    @workflow.query
+    def state(self) -> LockState:
+        return self._state

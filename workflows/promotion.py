@@ -1,0 +1,97 @@
+"""``Promotion``: the same sha through several tenants in order (dev -> beta -> prod), each a child CommitRun
+with that tenant's phases and gate. A failed, rejected or timed-out tenant stops the promotion;
+cancelling the promotion cancels the running child, which tears its builders down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError, CancelledError, ChildWorkflowError, WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from katkit.models import CommitRunInput, PromotionInput, PromotionStatus, PromotionStep, RunStatus
+    from katkit.names import (
+        PROMOTION,
+        QUERY_STATUS,
+        SA_PHASE,
+        SA_REPO,
+        SA_SHA,
+        SA_STATUS,
+        SA_TENANT,
+        commit_run_id,
+    )
+    from workflows.commit_run import CommitRun
+
+
+@workflow.defn(name=PROMOTION)
+class Promotion:
+    @workflow.init
+    def __init__(self, inp: PromotionInput) -> None:
+        self._status = PromotionStatus(
+            promotion_id=workflow.info().workflow_id, repo=inp.link.repo, sha=inp.sha, started_by=inp.started_by,
+            steps=[PromotionStep(tenant=t.name, run_id=commit_run_id(t.name, inp.link.repo, inp.sha)) for t in inp.tenants],
+        )
+
+    @workflow.run
+    async def run(self, inp: PromotionInput) -> PromotionStatus:
+        for tenant, step in zip(inp.tenants, self._status.steps):
+            self._status.current = tenant.name
+            step.status = "running"
+            workflow.upsert_search_attributes([SA_TENANT.value_set(tenant.name), SA_PHASE.value_set(tenant.name),
+                                               SA_STATUS.value_set("running")])
+            try:
+                result: RunStatus = await workflow.execute_child_workflow(
+                    CommitRun.run,
+                    CommitRunInput(tenant=tenant, link=inp.link, sha=inp.sha, ref=f"promotion {self._status.promotion_id}",
+                                   started_by=inp.started_by),
+                    id=step.run_id, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+                    search_attributes=TypedSearchAttributes([
+                        SearchAttributePair(SA_TENANT, tenant.name), SearchAttributePair(SA_REPO, inp.link.repo),
+                        SearchAttributePair(SA_SHA, inp.sha), SearchAttributePair(SA_PHASE, "checkout"),
+                        SearchAttributePair(SA_STATUS, "running")]),
+                    static_summary=f"{inp.link.repo}@{inp.sha[:12]} -> {tenant.name}, step of {self._status.promotion_id}",
+                )
+            except (asyncio.CancelledError, CancelledError):
+                step.status = "cancelled"
+                self._stop("cancelled", "the promotion was cancelled")
+                raise
+            except WorkflowAlreadyStartedError:
+                step.status, step.error = "failed", f"a run of this sha in {tenant.name} is already open: {step.run_id}"
+                self._stop("failed", step.error)
+                raise ApplicationError(step.error, self._status, type="PromotionFailed", non_retryable=True) from None
+            except ChildWorkflowError as exc:
+                step.status, step.error = self._child_outcome(exc)
+                self._stop(step.status, step.error)
+                raise ApplicationError(f"promotion stopped at {tenant.name}: {step.status}: {step.error}", self._status,
+                                       type="PromotionFailed", non_retryable=True) from None
+            step.status = "succeeded"
+            step.image = result.deployed.image if result.deployed else ""
+        self._status.current = ""
+        self._status.status = "succeeded"
+        workflow.upsert_search_attributes([SA_STATUS.value_set("succeeded")])
+        return self._status
+
+    @staticmethod
+    def _child_outcome(exc: ChildWorkflowError) -> tuple[str, str]:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            details = cause.details[0]
+            st = details if isinstance(details, RunStatus) else RunStatus.model_validate(details)
+            return st.status, st.error or cause.message
+        if isinstance(cause, CancelledError):
+            return "cancelled", "the run was cancelled"
+        return "failed", str(cause or exc)
+
+    def _stop(self, status: str, error: str) -> None:
+        self._status.status = status
+        for step in self._status.steps:
+            if step.status == "pending":
+                step.status = "skipped"
+        workflow.upsert_search_attributes([SA_STATUS.value_set(status)])
+
+    @workflow.query(name=QUERY_STATUS)
+    def status(self) -> PromotionStatus:
+        return self._status

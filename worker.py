@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from temporalio.client import Client
 from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import KatkitActivities
 from katkit.config import Settings, load_settings
@@ -25,11 +26,15 @@ log = get_logger("katkit.worker")
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
-    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path), client=client, executor=executor)
+    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path), client=client, executor=executor,
+                                  lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=[CommitRun, DeployLock, Promotion],
+        # the log formatter runs where the workflow logs: let it use the real structlog, not a sandboxed copy
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("structlog", "rich")),
         activities=activities.all(),
         activity_executor=executor,
         max_concurrent_activities=executor._max_workers,  # one thread for each activity that may run

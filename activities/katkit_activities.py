@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import time
+import urllib.parse
 import urllib.request
 from concurrent.futures import Executor
 from collections.abc import Callable
@@ -101,8 +102,12 @@ class KatkitActivities:
         platforms: Callable[[TenantConfig], Platform] | None = None,
         client: Client | None = None,
         executor: Executor | None = None,
+        lock_watchdog_s: float = 30.0,
+        ui_url: str = "http://localhost:8233",
     ) -> None:
+        self.ui_url = ui_url
         self.client = client
+        self.lock_watchdog_s = lock_watchdog_s
         self.executor = executor
         self.home = home
         self.log_store = log_store
@@ -240,7 +245,7 @@ class KatkitActivities:
     async def _acquire(self, req: LockRequest) -> LockGrant:
         assert self.client is not None
         start = WithStartWorkflowOperation(
-            DEPLOY_LOCK, LockState(tenant=req.tenant, service=req.service, policy=req.policy),
+            DEPLOY_LOCK, LockState(tenant=req.tenant, service=req.service, policy=req.policy, watchdog_s=self.lock_watchdog_s),
             id=deploy_lock_id(activity.info().task_queue, req.tenant, req.service), task_queue=activity.info().task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=f"deploy lock of {req.service} in {req.tenant}",
@@ -315,7 +320,11 @@ class KatkitActivities:
     @activity.defn(name="notify")
     def notify(self, inp: NotifyInput) -> None:
         """POST the event as JSON to each webhook; a failing one is retried, then given up (never fails a run)."""
-        body = json.dumps(inp.event).encode()
+        event = dict(inp.event)
+        if event.get("run_id"):
+            ns = activity.info().workflow_namespace
+            event["url"] = f"{self.ui_url}/namespaces/{ns}/workflows/{urllib.parse.quote(str(event['run_id']), safe='')}"
+        body = json.dumps(event).encode()
         failed = []
         for url in inp.urls:
             req = urllib.request.Request(url, data=body, method="POST",

@@ -187,6 +187,7 @@ class Settings(BaseSettings):
     ui_url: str = "http://localhost:8233"
     log_dir: Path | None = None
     reap_interval: float = Field(300.0, gt=0, description="seconds between passes of the orphan builder reaper")
+    lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
 
     @property
     def logs_path(self) -> Path:

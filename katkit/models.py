@@ -232,6 +232,7 @@ class LockState(Model):
     superseded: dict[str, str] = Field(default_factory=dict)
     withdrawn: list[str] = Field(default_factory=list)
     grants: int = 0
+    watchdog_s: float = Field(30.0, description="how often the holder and waiters are checked for closed runs")
 
 
 class ClosedRunsInput(Model):

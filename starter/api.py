@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,9 +30,21 @@ from katkit.config import KatkitConfig, Settings, load_config, load_settings
 from katkit.errors import BadInput, InfraError, RunFailed, UnknownName
 from katkit.gitrepo import RepoMirror
 from katkit.logstore import DirLogStore, LogStore
-from katkit.models import CommitRunInput, Decision, DecisionInput, PhaseType, RunStatus
+from katkit.config import LinkConfig
+from katkit.models import (
+    CommitRunInput,
+    Decision,
+    DecisionInput,
+    LockState,
+    PhaseType,
+    PromotionInput,
+    PromotionStatus,
+    RollbackSpec,
+    RunStatus,
+)
 from katkit.names import (
     COMMIT_RUN,
+    PROMOTION,
     QUERY_STATUS,
     SA_PHASE,
     SA_REPO,
@@ -44,7 +57,7 @@ from katkit.names import (
     log_key,
 )
 from katkit.plan import read_plan
-from katkit.platforms import get_platform
+from katkit.platforms import DeploymentRecord, get_platform
 from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING
@@ -123,8 +136,8 @@ class Katkit:
         inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by)
         return await self.start_prepared(inp)
 
-    async def start_prepared(self, inp: CommitRunInput) -> RunHandle:
-        run_id = commit_run_id(inp.tenant.name, inp.link.repo, inp.sha)
+    async def start_prepared(self, inp: CommitRunInput, run_id: str | None = None) -> RunHandle:
+        run_id = run_id or commit_run_id(inp.tenant.name, inp.link.repo, inp.sha)
         existing = await self._is_open(run_id)
         await self.client.start_workflow(
             COMMIT_RUN, inp, id=run_id, task_queue=self.settings.task_queue,
@@ -136,7 +149,9 @@ class Katkit:
                 SearchAttributePair(SA_STATUS, "running"),
             ]),
             memo={"started_by": inp.started_by, "ref": inp.ref},
-            static_summary=f"{inp.link.repo}@{inp.sha[:12]} -> {inp.tenant.name} ({inp.tenant.env}), by {inp.started_by}",
+            static_summary=(f"rollback of {inp.rollback.service} in {inp.tenant.name} to {inp.rollback.image}, by {inp.started_by}"
+                            if inp.rollback else
+                            f"{inp.link.repo}@{inp.sha[:12]} -> {inp.tenant.name} ({inp.tenant.env}), by {inp.started_by}"),
         )
         return RunHandle(run_id=run_id, sha=inp.sha, url=self.settings.run_url(run_id), existing=existing)
 
@@ -283,3 +298,103 @@ class Katkit:
             if not follow or settled:
                 return
             await asyncio.sleep(interval)
+
+    # -- promotion, rollback, locks ------------------------------------------------------------------------
+    async def start_promotion(self, repo: str, sha: str, through: list[str], by: str | None = None) -> RunHandle:
+        """The same sha through ``through`` in order; every tenant and its repo files are checked first."""
+        if not through:
+            raise BadInput("give the tenants to promote through, e.g. --through d-app,b-app,p-app")
+        if len(set(through)) != len(through):
+            raise BadInput(f"--through names a tenant twice ({', '.join(through)}); list each tenant once")
+        inputs = [await asyncio.to_thread(self.prepare_run, t, repo, sha=sha, by=by) for t in through]
+        full = inputs[0].sha
+        promotion_id = f"promote-{repo}-{full[:12]}"
+        existing = await self._is_open(promotion_id)
+        await self.client.start_workflow(
+            PROMOTION,
+            PromotionInput(link=inputs[0].link, sha=full, tenants=[i.tenant for i in inputs], started_by=inputs[0].started_by),
+            id=promotion_id, task_queue=self.settings.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            search_attributes=TypedSearchAttributes([
+                SearchAttributePair(SA_TENANT, through[0]), SearchAttributePair(SA_REPO, repo),
+                SearchAttributePair(SA_SHA, full), SearchAttributePair(SA_PHASE, through[0]),
+                SearchAttributePair(SA_STATUS, "running")]),
+            static_summary=f"promote {repo}@{full[:12]} through {' -> '.join(through)}, by {inputs[0].started_by}",
+        )
+        return RunHandle(run_id=promotion_id, sha=full, url=self.settings.run_url(promotion_id), existing=existing)
+
+    async def promotion_status(self, promotion_id: str) -> PromotionStatus:
+        handle = self.client.get_workflow_handle(promotion_id, result_type=PromotionStatus)
+        try:
+            desc = await handle.describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                raise UnknownName(f"no promotion {promotion_id!r}; list runs with 'katkit list'") from None
+            raise
+        if desc.status == _OPEN:
+            return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=10))
+        try:
+            return await handle.result(follow_runs=False)
+        except WorkflowFailureError as exc:
+            cause = exc.cause
+            if isinstance(cause, ApplicationError) and cause.details:
+                d = cause.details[0]
+                return d if isinstance(d, PromotionStatus) else PromotionStatus.model_validate(d)
+            return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
+
+    async def wait_promotion(self, promotion_id: str, on_change=None, interval: float = 0.5) -> PromotionStatus:
+        last = None
+        while True:
+            st = await self.promotion_status(promotion_id)
+            snapshot = st.model_dump_json()
+            if snapshot != last and on_change is not None:
+                on_change(st)
+            last = snapshot
+            if st.status != "running":
+                if st.status != "succeeded":
+                    step = next((s for s in st.steps if s.status not in ("succeeded", "skipped", "pending")), None)
+                    where = f" at {step.tenant}: {step.error}" if step else ""
+                    raise RunFailed(f"promotion {promotion_id} {st.status}{where}")
+                return st
+            await asyncio.sleep(interval)
+
+    def deployments(self, tenant: str, service: str) -> list[DeploymentRecord]:
+        tenant_cfg = self.config.tenant(tenant)
+        return get_platform(tenant_cfg.platform, self.settings.home).history(tenant_cfg, service)
+
+    async def start_rollback(self, tenant: str, service: str, to_sha: str | None = None, by: str | None = None) -> RunHandle:
+        """Redeploy the previous image (or the one deployed from ``to_sha``), through the tenant's gate and lock."""
+        tenant_cfg = self.config.tenant(tenant)
+        history = self.deployments(tenant, service)
+        if not history:
+            raise BadInput(f"service {service!r} in tenant {tenant} has no deployment history; nothing to roll back to")
+        current = history[-1]
+        if to_sha:
+            target = next((r for r in reversed(history) if r.sha.startswith(to_sha)), None)
+            if target is None:
+                shas = ", ".join(dict.fromkeys(r.sha[:12] for r in reversed(history)))
+                raise BadInput(f"no deployment of {service} from a sha starting {to_sha!r} (deployed: {shas})")
+            image, sha = target.image, target.sha
+        else:
+            if not current.previous_image:
+                raise BadInput(f"{service} in {tenant} has no previous image; name one with --to SHA")
+            image = current.previous_image
+            sha = next((r.sha for r in reversed(history) if r.image == image), "")
+        if image == current.image:
+            raise BadInput(f"{image} is what runs now; pick another with --to SHA")
+        link = next((lk for lk in self.config.links if lk.repo == current.repo), None) or LinkConfig(repo=service, url="-")
+        inp = CommitRunInput(tenant=tenant_cfg, link=link, sha=sha or "0" * 40, ref=f"rollback to {image}",
+                             started_by=by or getpass.getuser(), rollback=RollbackSpec(service=service, image=image, sha=sha))
+        suffix = hashlib.sha256(image.encode()).hexdigest()[:8]
+        return await self.start_prepared(inp, run_id=f"rollback-{tenant}-{service}-{suffix}")
+
+    async def locks(self, tenant: str | None = None) -> list[LockState]:
+        query = f'WorkflowType = "DeployLock" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
+        out = []
+        async for wf in self.client.list_workflows(query):
+            st = await self.client.get_workflow_handle(wf.id).query("state", result_type=LockState,
+                                                                    rpc_timeout=timedelta(seconds=10))
+            if tenant is None or st.tenant == tenant:
+                out.append(st)
+        return sorted(out, key=lambda s: (s.tenant, s.service))

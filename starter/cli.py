@@ -120,6 +120,15 @@ async def cancel(run_id: str) -> None:
 async def status(run_id: str, as_json: bool) -> None:
     """Show a run's phases, shards, decisions and deployed image."""
     kk = await _katkit(with_config=False)
+    if run_id.startswith("promote-"):
+        pst = await kk.promotion_status(run_id)
+        if as_json:
+            click.echo(pst.model_dump_json(indent=2))
+        else:
+            out.print(f"{pst.promotion_id}  {pst.status}  ({pst.repo}@{pst.sha[:12]}, by {pst.started_by})")
+            for step in pst.steps:
+                out.print(f"  {step.tenant:<18} {step.status:<12} {step.run_id}  {step.error or step.image}".rstrip())
+        sys.exit(0 if pst.status in ("succeeded", "running") else 1)
     st = await kk.status(run_id)
     if as_json:
         click.echo(st.model_dump_json(indent=2))
@@ -168,6 +177,66 @@ async def list_runs(tenant: str | None, status: str | None, limit: int, as_json:
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--repo", required=True, help="Linked repository name from katkit.yaml.")
+@click.option("--sha", required=True, help="Commit sha (full or abbreviated) to promote.")
+@click.option("--through", required=True, help="Tenants in order, comma separated, e.g. d-app,b-app,p-app.")
+@click.option("--by", default=getpass.getuser, show_default="your OS user", help="Who starts the promotion.")
+@click.option("--wait", is_flag=True, help="Follow the promotion until it ends; exit 1 if it stops.")
+@_async
+async def promote(repo: str, sha: str, through: str, by: str, wait: bool) -> None:
+    """Promote one sha through several tenants in order, each with its own phases and gate."""
+    kk = await _katkit()
+    tenants = [t.strip() for t in through.split(",") if t.strip()]
+    handle = await kk.start_promotion(repo, sha, tenants, by)
+    verb = "already running" if handle.existing else "started"
+    out.print(f"{verb}: {handle.run_id}  ({repo}@{handle.sha[:12]} through {' -> '.join(tenants)})\n  {handle.url}")
+    if wait:
+        seen: dict[str, str] = {}
+
+        def show(st) -> None:
+            for step in st.steps:
+                if seen.get(step.tenant) != step.status:
+                    seen[step.tenant] = step.status
+                    out.print(f"  {step.tenant:<18} {step.status:<12} {step.run_id}  {step.error or step.image}".rstrip())
+
+        await kk.wait_promotion(handle.run_id, on_change=show)
+        out.print("[green]promoted[/]")
+
+
+@cli.command()
+@click.option("--tenant", required=True, help="Tenant whose service to roll back.")
+@click.option("--service", required=True, help="Service name (servicedescription's Name).")
+@click.option("--to", "to_sha", help="Roll back to the image deployed from this sha (default: the previous image).")
+@click.option("--by", default=getpass.getuser, show_default="your OS user", help="Who starts the rollback.")
+@click.option("--wait", is_flag=True, help="Follow the rollback until it ends; exit 1 if it fails.")
+@_async
+async def rollback(tenant: str, service: str, to_sha: str | None, by: str, wait: bool) -> None:
+    """Redeploy the previous (or named) image, keeping env vars and replicas, through the same lock and gate."""
+    kk = await _katkit()
+    handle = await kk.start_rollback(tenant, service, to_sha, by)
+    out.print(f"{'already running' if handle.existing else 'started'}: {handle.run_id}\n  {handle.url}")
+    if wait:
+        st = await kk.wait(handle.run_id, on_change=PhasePrinter(out))
+        out.print(f"[green]rolled back[/]: {st.deployed.image if st.deployed else ''}")
+
+
+@cli.command()
+@click.option("--tenant", help="Only this tenant.")
+@_async
+async def locks(tenant: str | None) -> None:
+    """Show who holds each tenant service's deploy lock and who waits, in order."""
+    kk = await _katkit(with_config=False)
+    found = await kk.locks(tenant)
+    if not found:
+        click.echo("no deploy locks held or awaited")
+    for st in found:
+        holder = f"{st.holder.run_id} (since {st.holder.since:%H:%M:%S})" if st.holder else "free"
+        click.echo(f"{st.tenant}/{st.service} [{st.policy}]: held by {holder}")
+        for n, w in enumerate(st.waiters, 1):
+            click.echo(f"  {n}. {w.run_id} (waiting since {w.since:%H:%M:%S})")
 
 
 @cli.command()

@@ -15,6 +15,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from katkit.config import KatkitConfig, Settings, parse_config
+from katkit.log import configure_logging
 from katkit.names import SEARCH_ATTRIBUTES
 from katkit.sample import SAMPLE_CONFIG_YAML, make_sample_repo
 from katkit.temporal import DATA_CONVERTER, temporal_binary
@@ -24,6 +25,7 @@ from worker import build_worker
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    configure_logging("INFO", json_logs=True)  # as a worker logs, so workflow logging is exercised in the sandbox
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
         search_attributes=SEARCH_ATTRIBUTES,

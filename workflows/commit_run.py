@@ -293,11 +293,12 @@ class CommitRun:
         payload = {"event": event, "run_id": self._status.run_id, "tenant": self._status.tenant,
                    "repo": self._status.repo, "sha": self._status.sha, "phase": self._status.phase,
                    "at": workflow.now().isoformat(), **detail}
-        self._notifications.append(workflow.start_activity_method(
-            KatkitActivities.notify, NotifyInput(urls=list(self._inp.tenant.webhooks), event=payload),
-            start_to_close_timeout=timedelta(seconds=10), schedule_to_close_timeout=NOTIFY_BUDGET,
-            retry_policy=NOTIFY_RETRY, summary=f"webhook: {event}",
-        ))
+        for url in self._inp.tenant.webhooks:  # one activity per URL: a dead one's retries resend nothing to the others
+            self._notifications.append(workflow.start_activity_method(
+                KatkitActivities.notify, NotifyInput(urls=[url], event=payload),
+                start_to_close_timeout=timedelta(seconds=10), schedule_to_close_timeout=NOTIFY_BUDGET,
+                retry_policy=NOTIFY_RETRY, summary=f"webhook: {event}",
+            ))
 
     async def _flush_notifications(self) -> None:
         pending, self._notifications = self._notifications, []

@@ -19,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
     from katkit.models import ClosedRunsInput, LockEntry, LockGrant, LockRequest, LockState
 
 DEPLOY_LOCK = "DeployLock"
-WATCHDOG_INTERVAL = timedelta(seconds=30)
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
 
@@ -36,7 +35,8 @@ class DeployLock:
             busy = self._state.holder is not None or bool(self._state.waiters)
             try:
                 await workflow.wait_condition(
-                    lambda: self._changed(busy), timeout=WATCHDOG_INTERVAL if busy else IDLE_CLOSE_AFTER)
+                    lambda: self._changed(busy),
+                    timeout=timedelta(seconds=self._state.watchdog_s) if busy else IDLE_CLOSE_AFTER)
             except TimeoutError:
                 if busy:
                     await self._free_closed_runs()

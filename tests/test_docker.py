@@ -361,3 +361,111 @@ async def test_deploy_interrupted_by_a_worker_crash_ends_with_one_set_of_replica
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+async def _lock_of(dk: Katkit, tenant: str):
+    found = await dk.locks(tenant)
+    return found[0] if found else None
+
+
+async def _holds(dk: Katkit, tenant: str, run_id: str) -> bool:
+    lock = await _lock_of(dk, tenant)
+    return lock is not None and lock.holder is not None and lock.holder.run_id == run_id
+
+
+async def _waits(dk: Katkit, tenant: str, run_id: str) -> bool:
+    lock = await _lock_of(dk, tenant)
+    return lock is not None and run_id in [w.run_id for w in lock.waiters]
+
+
+async def _deploy_runs(dk: Katkit, docker_api, repo: Path, image_repo: str, tmp_path: Path, n: int) -> list[str]:
+    shas = []
+    for i in range(n):
+        sha = commit_files(repo, {**sample_files(image_repo, phase("DEPLOY", 1, ptype=1)), "n.txt": str(i)})
+        build_image(f"{image_repo}:{sha}", DOCKERFILE, tmp_path)
+        shas.append(sha)
+    return shas
+
+
+@pytest.mark.usefixtures("worker")
+async def test_two_approved_deploys_are_serialized_in_arrival_order(client, settings, docker_config: KatkitConfig,
+                                                                    docker_api, repo: Path, tenant: str,
+                                                                    image_repo: str, tmp_path: Path, dk: Katkit) -> None:
+    from datetime import timedelta
+
+    t = docker_config.tenant(tenant)
+    t.docker.settle = timedelta(seconds=2)
+    t.approval.required, t.approval.approvers = True, ["alice"]
+    first_sha, second_sha = await _deploy_runs(dk, docker_api, repo, image_repo, tmp_path, 2)
+    runs = []
+    for sha in (first_sha, second_sha):
+        handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
+        await wait_for(lambda: _status(dk, handle.run_id, "awaiting_approval"))
+        runs.append(handle.run_id)
+    await asyncio.gather(dk.approve(runs[0], "alice"), dk.approve(runs[1], "alice"))  # approved at once
+    await wait_for(lambda: _waits(dk, tenant, runs[1]))
+    lock = await _lock_of(dk, tenant)
+    assert lock.holder.run_id == runs[0] and [w.run_id for w in lock.waiters] == [runs[1]]
+    a, b = [await dk.wait(r) for r in runs]
+    assert a.deployed.started_at < a.deployed.deployed_at <= b.deployed.started_at < b.deployed.deployed_at  # no overlap
+    assert b.deployed.lock_waited_s > 1.0 and a.deployed.lock_waited_s < 1.0
+    assert b.deployed.previous_image == a.deployed.image
+    running = service_containers(docker_api, tenant)
+    assert len(running) == 1 and running[0]["Config"]["Image"] == f"{image_repo}:{second_sha}"
+
+
+async def _status(dk: Katkit, run_id: str, status: str) -> bool:
+    return (await dk.status(run_id)).status == status
+
+
+@pytest.mark.usefixtures("worker")
+async def test_supersede_cancels_the_older_waiter(client, settings, docker_config: KatkitConfig, docker_api, repo: Path,
+                                                  tenant: str, image_repo: str, tmp_path: Path, dk: Katkit) -> None:
+    from datetime import timedelta
+
+    t = docker_config.tenant(tenant)
+    t.docker.settle, t.deploy_lock = timedelta(seconds=4), "supersede"
+    shas = await _deploy_runs(dk, docker_api, repo, image_repo, tmp_path, 3)
+    a = await dk.start_run(tenant, "sample", sha=shas[0], by="bob")
+    await wait_for(lambda: _holds(dk, tenant, a.run_id))
+    b = await dk.start_run(tenant, "sample", sha=shas[1], by="bob")
+    await wait_for(lambda: _waits(dk, tenant, b.run_id))
+    c = await dk.start_run(tenant, "sample", sha=shas[2], by="bob")
+    with pytest.raises(RunFailed, match="cancelled"):
+        await dk.wait(b.run_id)
+    st_b = await dk.status(b.run_id)
+    assert st_b.status == "cancelled" and f"superseded by newer run {c.run_id}" in st_b.error and st_b.deployed is None
+    st_a, st_c = await dk.wait(a.run_id), await dk.wait(c.run_id)
+    assert st_a.deployed.deployed_at <= st_c.deployed.started_at  # the running one finished first
+    running = service_containers(docker_api, tenant)
+    assert {r["Config"]["Image"] for r in running} == {f"{image_repo}:{shas[2]}"}
+
+
+async def test_lock_is_released_when_the_holders_worker_is_killed(settings: Settings, docker_config: KatkitConfig,
+                                                                  docker_api, dk: Katkit, repo: Path, tenant: str,
+                                                                  image_repo: str, tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    docker_config.tenant(tenant).docker.settle = timedelta(seconds=6)
+    shas = await _deploy_runs(dk, docker_api, repo, image_repo, tmp_path, 2)
+    first = start_worker(settings, tmp_path / "w1.log")
+    second = None
+    try:
+        a = await dk.start_run(tenant, "sample", sha=shas[0], by="bob")
+        await wait_for(lambda: _holds(dk, tenant, a.run_id))
+        b = await dk.start_run(tenant, "sample", sha=shas[1], by="bob")
+        await wait_for(lambda: _waits(dk, tenant, b.run_id))
+        first.send_signal(signal.SIGKILL)  # the holder's worker dies mid-deploy, a waiter queued behind it
+        first.wait()
+        second = start_worker(settings, tmp_path / "w2.log")
+        st_a, st_b = await dk.wait(a.run_id, interval=0.5), await dk.wait(b.run_id, interval=0.5)
+        assert st_a.deployed.deployed_at <= st_b.deployed.started_at
+        lock = await _lock_of(dk, tenant)
+        assert lock is None or (lock.holder is None and lock.waiters == [])
+        running = service_containers(docker_api, tenant)
+        assert {r["Config"]["Image"] for r in running} == {f"{image_repo}:{shas[1]}"}
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=30)

@@ -14,23 +14,35 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from katkit.errors import RunFailed
+from katkit.config import parse_config
+from katkit.errors import RunFailed, UnknownName
 from katkit.sample import commit_files
 from katkit.temporal import DATA_CONVERTER
 from starter.api import Katkit
 from tests.conftest import status_is, wait_for
-from workflows import CommitRun
+from workflows import CommitRun, DeployLock, Promotion
 
 HISTORIES = Path(__file__).parent / "histories"
+GATED = """
+tenants:
+  - {{name: d-gated, env: DEV}}
+  - name: p-gated
+    env: PROD
+    webhooks: ["http://127.0.0.1:9/nobody-listens"]
+    approval: {{required: true, approvers: [alice, carol], min_approvals: 2, wait_timer: 1s}}
+links:
+  - {{repo: taskrunner, url: {url}, tenants: [d-gated, p-gated]}}
+"""
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[CommitRun], data_converter=DATA_CONVERTER)
+    return Replayer(workflows=[CommitRun, DeployLock, Promotion], data_converter=DATA_CONVERTER)
 
 
 async def test_recorded_histories_replay() -> None:
     files = sorted(HISTORIES.glob("*.json"))
-    assert len(files) >= 5, "recorded histories are missing"
+    assert len(files) >= 10, "recorded histories are missing"
+    assert any(f.name.startswith("gates1_") for f in files) and any(not f.name.startswith("gates1_") for f in files)
     histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
     await assert_replays(histories)
 
@@ -86,13 +98,39 @@ async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
         await kk.wait(cancelled.run_id)
     runs["dev_cancelled"] = cancelled.run_id
 
+    gated = parse_config(GATED.format(url=repo))
+    kg = Katkit(kk.client, kk.settings, gated)
+    quorum = await kg.start_run("p-gated", "taskrunner", sha=sha, by="bob")
+    await wait_for(lambda: status_is(kg, quorum.run_id, "awaiting_approval"))
+    await kg.approve(quorum.run_id, "alice")
+    await kg.client.get_workflow_handle(quorum.run_id).signal("approve", {"by": "alice"})
+    await kg.approve(quorum.run_id, "carol")
+    await kg.wait(quorum.run_id)
+    runs["quorum_webhook_wait_timer"] = quorum.run_id
+    promotion = await kg.start_promotion("taskrunner", rejected_sha, ["d-gated", "p-gated"], by="bob")
+    p_run = f"run-p-gated-taskrunner-{rejected_sha[:12]}"
+    await wait_for(lambda: _open_and(kg, p_run, "awaiting_approval"))
+    await kg.reject(p_run, "alice", "no")
+    with pytest.raises(RunFailed):
+        await kg.wait_promotion(promotion.run_id)
+    runs["promotion_rejected"] = promotion.run_id
+    runs["promotion_child_rejected"] = p_run
+    async for wf in kk.client.list_workflows(f'WorkflowType = "DeployLock" AND TaskQueue = "{kk.settings.task_queue}"'):
+        runs[f"deploy_lock_{len([k for k in runs if k.startswith('deploy_lock')])}"] = wf.id
     histories = [await kk.client.get_workflow_handle(run_id).fetch_history() for run_id in runs.values()]
     await assert_replays(histories)
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
         HISTORIES.mkdir(exist_ok=True)
         for name, history in zip(runs, histories):
-            (HISTORIES / f"{name}.json").write_text(history.to_json())
+            (HISTORIES / f"gates1_{name}.json").write_text(history.to_json())
 
+
+
+async def _open_and(kk: Katkit, run_id: str, status: str) -> bool:
+    try:
+        return await status_is(kk, run_id, status)
+    except UnknownName:
+        return False
 
 
 async def _phase_running(kk: Katkit, run_id: str) -> bool:

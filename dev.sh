@@ -27,6 +27,7 @@ case "$cmd" in
   test) exec .venv/bin/python -m pytest "$@" ;;
   bench)
     .venv/bin/python bench/bench_local.py "$@"
+    .venv/bin/python bench/bench_gate.py
     if docker info >/dev/null 2>&1; then .venv/bin/python bench/bench_docker.py
     else echo "dev.sh: no Docker engine: skipped bench/bench_docker.py (see README, Docker)" >&2; fi ;;
   *) exec .venv/bin/katkit "$cmd" "$@" ;;

@@ -139,6 +139,13 @@ class KatkitActivities:
             return self._run_shard(inp)
 
     def _run_shard(self, inp: ShardInput) -> ShardResult:
+        result = self._run_shard_to_end(inp)
+        took = (result.ended_at - result.started_at).total_seconds() if result.started_at and result.ended_at else None
+        ending = result.message if " in " in result.message or took is None else f"{result.message} in {took:.1f} s"
+        result.summary = f"{inp.phase.name} shard {inp.shard_index + 1}/{inp.phase.parallelism}: {ending}"
+        return result
+
+    def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
         key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
         builder = self._builders(inp.tenant)

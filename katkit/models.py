@@ -99,6 +99,7 @@ class ShardResult(Model):
     ended_at: datetime | None = None
     reattached: bool = False
     message: str = ""
+    summary: str = Field("", description="one line for the web UI, e.g. 'UNIT_TEST shard 1/2: ci.sh exited 0 in 4.2 s'")
 
 
 class DeployInput(Model):

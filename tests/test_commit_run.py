@@ -291,3 +291,18 @@ async def test_cancel_at_the_gate(kk: Katkit, sha: str) -> None:
         await kk.wait(run_id)
     st = await kk.status(run_id)
     assert st.phases[-1].state == "cancelled" and not st.approval.awaiting and st.deployed is None
+
+
+async def test_shard_results_carry_a_readable_summary(kk: Katkit, sha: str) -> None:
+    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
+    await kk.wait(handle.run_id)
+    summaries = []
+    async for event in kk.client.get_workflow_handle(handle.run_id).fetch_history_events():
+        if event.HasField("activity_task_completed_event_attributes"):
+            payload = event.activity_task_completed_event_attributes.result.payloads[0].data
+            summaries.append(json.loads(payload).get("summary", ""))
+    import re
+
+    shard_lines = sorted(s for s in summaries if s)
+    assert len(shard_lines) == 3
+    assert all(re.fullmatch(r"(BUILD shard 1/1|UNIT_TEST shard [12]/2): ci.sh exited 0 in \d+\.\d s", s) for s in shard_lines), shard_lines

@@ -13,6 +13,9 @@ import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from temporalio.client import (
     Client,
@@ -61,6 +64,19 @@ from katkit.platforms import DeploymentRecord, get_platform
 from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING
+M = TypeVar("M", bound=BaseModel)
+
+
+async def _closed_result(handle: WorkflowHandle, model: type[M]) -> M | None:
+    """A closed workflow's result, or the status it attached to its failure; None when it has neither."""
+    try:
+        return await handle.result(follow_runs=False)
+    except WorkflowFailureError as exc:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            details = cause.details[0]
+            return details if isinstance(details, model) else model.model_validate(details)
+        return None
 
 
 @dataclass
@@ -209,18 +225,15 @@ class Katkit:
 
     async def _closed_status(self, handle: WorkflowHandle, status: ExecStatus | None) -> RunStatus:
         try:
-            return await handle.result(follow_runs=False)
-        except WorkflowFailureError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                details = cause.details[0]
-                return details if isinstance(details, RunStatus) else RunStatus.model_validate(details)
-            try:  # cancelled or terminated: the last state the workflow reported
-                return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
-            except Exception:  # noqa: BLE001 - no worker to answer: say what history says
-                name = status.name.lower() if status else "closed"
-                return RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?",
-                                 status="cancelled" if name == "canceled" else name, error=str(cause or exc))
+            found = await _closed_result(handle, RunStatus)
+            if found is not None:
+                return found
+            # cancelled or terminated: the last state the workflow reported
+            return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
+        except Exception as exc:  # noqa: BLE001 - no worker to answer: say what history says
+            name = status.name.lower() if status else "closed"
+            return RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?",
+                             status="cancelled" if name == "canceled" else name, error=str(exc))
 
     async def wait(self, run_id: str, on_change=None, interval: float = 0.3) -> RunStatus:
         """Wait for the run to end; call ``on_change(status)`` whenever it moves. Raise RunFailed unless it succeeded."""
@@ -334,14 +347,10 @@ class Katkit:
             raise
         if desc.status == _OPEN:
             return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=10))
-        try:
-            return await handle.result(follow_runs=False)
-        except WorkflowFailureError as exc:
-            cause = exc.cause
-            if isinstance(cause, ApplicationError) and cause.details:
-                d = cause.details[0]
-                return d if isinstance(d, PromotionStatus) else PromotionStatus.model_validate(d)
-            return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
+        found = await _closed_result(handle, PromotionStatus)
+        if found is not None:
+            return found
+        return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
 
     async def wait_promotion(self, promotion_id: str, on_change=None, interval: float = 0.5) -> PromotionStatus:
         last = None

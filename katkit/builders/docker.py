@@ -104,15 +104,12 @@ class _LogFollower:
             pass
 
 
-class DockerBuilder:
-    def __init__(self, config: DockerConfig, tenant: str, client: Any = None) -> None:
-        self.config = config
-        self.tenant = tenant
-        self._client = client
-        self._followers: dict[str, _LogFollower] = {}
-        self._lock = threading.Lock()
+class EngineUser:
+    """Something that talks to the Docker engine: its API (one shared client per process), and where it is."""
 
-    # -- the engine ------------------------------------------------------------------------------------
+    def __init__(self, client: Any = None) -> None:
+        self._client = client
+
     @property
     def api(self) -> Any:
         if self._client is None:
@@ -121,6 +118,17 @@ class DockerBuilder:
 
     def _base_url(self) -> str:
         return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+class DockerBuilder(EngineUser):
+    def __init__(self, config: DockerConfig, tenant: str, client: Any = None) -> None:
+        super().__init__(client)
+        self.config = config
+        self.tenant = tenant
+        self._followers: dict[str, _LogFollower] = {}
+        self._lock = threading.Lock()
+
+    # -- the engine ------------------------------------------------------------------------------------
 
     @engine_errors
     def check_image(self, image: str | None) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from katkit.builders.docker import engine_errors, shared_client
+from katkit.builders.docker import EngineUser, engine_errors
 from katkit.errors import BadInput
 from katkit.platforms import DeploymentRecord, RunningService
 from katkit.platforms.history import ServiceRecords
@@ -57,21 +57,10 @@ def format_extra_config(env: dict[str, str]) -> str | None:
     return "\n".join(f"{k}={v}" for k, v in env.items()) or None
 
 
-class DockerPlatform:
+class DockerPlatform(EngineUser):
     def __init__(self, records_root: Path, client: Any = None) -> None:
+        super().__init__(client)
         self.records = ServiceRecords(records_root)
-        self._client = client
-
-    @property
-    def api(self) -> Any:
-        if self._client is None:
-            self._client = shared_client()
-        return self._client.api
-
-    def _base_url(self) -> str:
-        import os
-
-        return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
 
     def _containers(self, tenant: str, service: str, all: bool = False) -> list[dict[str, Any]]:
         filters = {"label": [f"{TENANT_LABEL}={tenant}", f"{SERVICE_LABEL}={service}"]}

@@ -16,7 +16,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from activities import KatkitActivities
 from katkit.config import Settings, load_settings
 from katkit.log import configure_logging, get_logger
-from katkit.logstore import DirLogStore
+from katkit.logstore import log_store_for
 from katkit.reaper import reap_forever
 from katkit.temporal import connect, ensure_search_attributes
 from workflows import CommitRun, DeployLock, Promotion
@@ -26,7 +26,7 @@ log = get_logger("katkit.worker")
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
-    activities = KatkitActivities(settings.home, DirLogStore(settings.logs_path), client=client, executor=executor,
+    activities = KatkitActivities(settings.home, log_store_for(settings), client=client, executor=executor,
                                   lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url)
     return Worker(
         client,

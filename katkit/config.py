@@ -77,6 +77,26 @@ class DockerConfig(Strict):
         return self.tenant_network or tenant
 
 
+class EcsConfig(Strict):
+    """How a tenant uses ECS (credentials: boto3's standard chain; region: here or AWS_REGION)."""
+
+    region: str | None = None
+    cluster: str = Field("default", description="the tenant's cluster: its services, and builders when LocalFleet is true")
+    builders_cluster: str = Field("katkit-builders", description="the shared builders' cluster (LocalFleet false)")
+    launch_type: Literal["FARGATE", "EC2"] = "FARGATE"
+    subnets: list[str] = Field(default_factory=list, description="awsvpc subnets of builder tasks")
+    security_groups: list[str] = Field(default_factory=list)
+    assign_public_ip: bool = False
+    task_definition: str = Field("katkit-builder", description="the builder task definition (family, family:rev or ARN)")
+    container: str = Field("agent", description="the builder task definition's agent container")
+    cpu: str | None = Field(None, description="task CPU override of builders, e.g. '1024'")
+    memory: str | None = Field(None, description="task memory override of builders, e.g. '2048'")
+    log_group: str = Field("/katkit/builders", description="the awslogs group of the builder task definition")
+    log_stream_prefix: str = Field("katkit", description="the awslogs stream prefix of the builder task definition")
+    poll: Duration = Field(timedelta(seconds=2), description="how often a builder task is described while it runs")
+    deploy_timeout: Duration = Field(timedelta(minutes=15), description="how long a service update may take to complete")
+
+
 class TenantConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
@@ -85,6 +105,7 @@ class TenantConfig(Strict):
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     phase_timeout: Duration = timedelta(hours=1)
     docker: DockerConfig = Field(default_factory=DockerConfig)
+    ecs: EcsConfig = Field(default_factory=EcsConfig)
     deploy_lock: Literal["queue", "supersede"] = Field(
         "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive a JSON event for each gate/deploy event")
@@ -186,6 +207,7 @@ class Settings(BaseSettings):
     api_key: str | None = Field(default=None, repr=False)
     ui_url: str = "http://localhost:8233"
     log_dir: Path | None = None
+    log_store: str | None = Field(None, description="s3://bucket/prefix for the S3 log store (default: the log directory)")
     reap_interval: float = Field(300.0, gt=0, description="seconds between passes of the orphan builder reaper")
     lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
 

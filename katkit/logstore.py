@@ -79,3 +79,113 @@ class DirLogStore:
 
     def location(self, key: str) -> str:
         return str(self._path(key))
+
+
+class S3LogStore:
+    """A log store in S3 (``s3://bucket/prefix``), readable by ``katkit logs`` from any machine.
+
+    S3 objects cannot be appended to, so a log is a series of parts ``<key>/<offset:016d>`` written in
+    order; a part written again at the same offset (a resumed writer) replaces it and drops what followed.
+    ``<key>.done`` marks a complete log.
+    """
+
+    def __init__(self, url: str, s3: object | None = None) -> None:
+        if not url.startswith("s3://") or len(url) <= 5:
+            raise BadInput(f"log store {url!r} is not s3://bucket/prefix; fix KATKIT_LOG_STORE")
+        bucket, _, prefix = url[5:].partition("/")
+        self.bucket, self.prefix = bucket, prefix.strip("/")
+        self._s3 = s3
+
+    @property
+    def s3(self):  # noqa: ANN201 - a boto3 S3 client
+        if self._s3 is None:
+            from katkit.aws import client
+
+            self._s3 = client("s3")
+        return self._s3
+
+    def _base(self, key: str) -> str:
+        key = _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _parts(self, key: str) -> list[tuple[int, int, str]]:
+        """(offset, size, object key) of each part, in order."""
+        from katkit.aws import aws_errors
+
+        @aws_errors
+        def listing() -> list[tuple[int, int, str]]:
+            parts = []
+            for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self._base(key) + "/"):
+                for obj in page.get("Contents", []):
+                    name = obj["Key"].rsplit("/", 1)[1]
+                    if name.isdigit():
+                        parts.append((int(name), obj["Size"], obj["Key"]))
+            return sorted(parts)
+
+        return listing()
+
+    def size(self, key: str) -> int:
+        parts = self._parts(key)
+        return parts[-1][0] + parts[-1][1] if parts else 0
+
+    def write_at(self, key: str, offset: int, data: bytes) -> None:
+        from katkit.aws import aws_errors
+
+        @aws_errors
+        def write() -> None:
+            for part_offset, _, obj in self._parts(key):
+                if part_offset >= offset:
+                    self.s3.delete_object(Bucket=self.bucket, Key=obj)
+            self.s3.put_object(Bucket=self.bucket, Key=f"{self._base(key)}/{offset:016d}", Body=data)
+
+        write()
+
+    def read(self, key: str, offset: int = 0, limit: int = -1) -> bytes:
+        from katkit.aws import aws_errors
+
+        @aws_errors
+        def read_parts() -> bytes:
+            out = bytearray()
+            for part_offset, size, obj in self._parts(key):
+                if part_offset + size <= offset:
+                    continue
+                start = max(0, offset - part_offset)
+                body = self.s3.get_object(Bucket=self.bucket, Key=obj, Range=f"bytes={start}-{size - 1}")["Body"].read()
+                out += body
+                if 0 <= limit <= len(out):
+                    break
+            return bytes(out if limit < 0 else out[:limit])
+
+        return read_parts()
+
+    def finish(self, key: str) -> None:
+        self.s3.put_object(Bucket=self.bucket, Key=self._base(key) + ".done", Body=b"")
+
+    def is_finished(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.s3.head_object(Bucket=self.bucket, Key=self._base(key) + ".done")
+            return True
+        except ClientError:
+            return False
+
+    def keys(self, prefix: str) -> list[str]:
+        base = self._base(prefix) if prefix else self.prefix
+        found = set()
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=base):
+            for obj in page.get("Contents", []):
+                head, _, tail = obj["Key"].rpartition("/")
+                if tail.isdigit() and head.endswith(".log"):
+                    found.add(head[len(self.prefix) + 1:] if self.prefix else head)
+        return sorted(found)
+
+    def location(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._base(key)}"
+
+
+def log_store_for(settings) -> LogStore:  # noqa: ANN001 - katkit.config.Settings (imported lazily)
+    """The log store the settings name: ``KATKIT_LOG_STORE=s3://bucket/prefix``, else the log directory."""
+    if settings.log_store:
+        return S3LogStore(settings.log_store)
+    return DirLogStore(settings.logs_path)

@@ -32,7 +32,7 @@ from katkit.builders import get_builder
 from katkit.config import KatkitConfig, Settings, load_config, load_settings
 from katkit.errors import BadInput, InfraError, RunFailed, UnknownName
 from katkit.gitrepo import RepoMirror
-from katkit.logstore import DirLogStore, LogStore
+from katkit.logstore import LogStore, log_store_for
 from katkit.config import LinkConfig
 from katkit.models import (
     CommitRunInput,
@@ -105,7 +105,7 @@ class Katkit:
         self.client = client
         self.settings = settings
         self._config = config
-        self.log_store = log_store or DirLogStore(settings.logs_path)
+        self.log_store = log_store or log_store_for(settings)
         self.mirror = RepoMirror(settings.home / "git")
 
     @classmethod

@@ -306,3 +306,23 @@ async def test_shard_results_carry_a_readable_summary(kk: Katkit, sha: str) -> N
     shard_lines = sorted(s for s in summaries if s)
     assert len(shard_lines) == 3
     assert all(re.fullmatch(r"(BUILD shard 1/1|UNIT_TEST shard [12]/2): ci.sh exited 0 in \d+\.\d s", s) for s in shard_lines), shard_lines
+
+
+async def test_cancel_during_checkout_ends_cancelled(kk: Katkit, repo: Path, monkeypatch) -> None:
+    import activities.katkit_activities as acts
+
+    slow = acts.read_plan
+
+    def slow_plan(*args, **kwargs):
+        import time
+
+        time.sleep(3)  # a slow git fetch
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(acts, "read_plan", slow_plan)
+    sha = commit_files(repo, {"n": "1"})
+    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
+    await kk.cancel(handle.run_id)
+    with pytest.raises(RunFailed, match="cancelled"):
+        await kk.wait(handle.run_id)
+    assert (await kk.status(handle.run_id)).status == "cancelled"

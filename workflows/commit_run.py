@@ -124,6 +124,9 @@ class CommitRun:
             raise ApplicationError(str(exc), self._status, type="RunFailed", non_retryable=True) from None
         except ActivityError as exc:
             cause = exc.cause.message if isinstance(exc.cause, FailureError) else str(exc)
+            if isinstance(exc.cause, CancelledError):  # the run was cancelled while an activity ran (checkout)
+                self._finish("cancelled", "cancelled")
+                raise asyncio.CancelledError("cancelled") from None
             if isinstance(exc.cause, ApplicationError) and exc.cause.type == "Superseded":
                 self._finish("cancelled", cause)
                 raise asyncio.CancelledError(cause) from None

@@ -75,6 +75,11 @@ def get_builder(kind: str, home: Path, tenant: TenantConfig | None = None) -> Bu
         from katkit.config import DockerConfig
 
         return DockerBuilder(tenant.docker if tenant else DockerConfig(), tenant.name if tenant else "")
+    if kind == "ecs":
+        from katkit.builders.ecs import EcsBuilder
+        from katkit.config import EcsConfig
+
+        return EcsBuilder(tenant.ecs if tenant else EcsConfig(), tenant.name if tenant else "")
     from katkit.errors import BadInput
 
     raise BadInput(f"builder {kind!r} is not available in this version; set the tenant's builder to local")

@@ -39,6 +39,8 @@ class DeploymentRecord(BaseModel):
     at: datetime
     repo: str = ""
     kind: str = Field("deploy", description="deploy or rollback")
+    previous_revision: str | None = Field(None, description="ECS: the task definition the service ran before")
+    revision: str | None = Field(None, description="ECS: the task definition it runs now")
 
 
 class Platform(Protocol):
@@ -62,4 +64,8 @@ def get_platform(kind: str, home: Path) -> Platform:
         from katkit.platforms.docker import DockerPlatform
 
         return DockerPlatform(home / "services")
+    if kind == "ecs":
+        from katkit.platforms.ecs import EcsPlatform
+
+        return EcsPlatform(home / "services")
     raise BadInput(f"platform {kind!r} is not available in this version; set the tenant's platform to local")

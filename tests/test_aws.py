@@ -244,6 +244,21 @@ async def test_builder_tasks_run_with_the_contract_env_and_stream_their_logs(ek:
     assert all(t.launch_type == "FARGATE" and t.cluster_name == "katkit-builders" for t in tasks)
     tags = {tag["key"]: tag["value"] for tag in tasks[0].tags}
     assert tags["katkit.run"] == st.run_id and tags["katkit.tenant"] == tenant
+    history = (await ek.client.get_workflow_handle(st.run_id).fetch_history()).to_json()
+    stored = b"".join([d async for _, d in ek.follow_logs(st.run_id)]).decode()
+    for secret in (os.environ["AWS_SECRET_ACCESS_KEY"], os.environ["AWS_ACCESS_KEY_ID"]):
+        assert secret not in history and secret not in stored  # credentials stay in the worker's boto3 chain
+
+
+@pytest.mark.usefixtures("worker")
+async def test_local_fleet_runs_the_builder_in_the_tenants_cluster(ek: Katkit, repo: Path, tenant: str) -> None:
+    config = json.loads(files(phase("BUILD", 1))["katkitconfig.js"])
+    config[0]["LocalFleet"] = "true"
+    sha = commit_files(repo, {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)})
+    with FakeEcsAgent("app", lambda env: Outcome()) as agent:
+        await ek.wait((await ek.start_run(tenant, "app", sha=sha, by="bob")).run_id)
+    tasks = [t for ts in ecs_backend().tasks.values() for t in ts.values() if t.task_arn in agent.seen]
+    assert [t.cluster_name for t in tasks] == ["app"]
 
 
 @pytest.mark.usefixtures("worker")

@@ -46,7 +46,7 @@ async def run_worker(settings: Settings, client: Client | None = None, stop: asy
     added = await ensure_search_attributes(client)
     if added:
         log.info("registered search attributes", names=added)
-    reaper = asyncio.create_task(reap_forever(client, settings.home, settings.reap_interval))
+    reaper = asyncio.create_task(reap_forever(client, settings.home, settings.task_queue, settings.reap_interval))
     try:
         with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
             worker = build_worker(client, settings, executor)

@@ -24,15 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_local import pct  # noqa: E402
-from katkit.config import Settings, parse_config  # noqa: E402
+from bench.harness import katkit_on_dev_server, pct, run_commit  # noqa: E402
 from katkit.gitrepo import RepoMirror  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
-from katkit.models import RunStatus  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
-from katkit.temporal import start_dev_server  # noqa: E402
-from starter.api import Katkit  # noqa: E402
-from worker import run_worker  # noqa: E402
 
 PHASES = 10
 IMAGE = "katkit-builder:latest"
@@ -54,49 +49,33 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-async def run(kk: Katkit, repo: Path, files: dict[str, str]) -> RunStatus:
-    sha = commit_files(repo, files)
-    handle = await kk.start_run("bench", "r", sha=sha, by="bench")
-    return await kk.client.get_workflow_handle(handle.run_id, result_type=RunStatus).result()
-
-
 async def main(runs: int) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="katkit-bench-docker-"))
-    server = start_dev_server(work, port=17997, ui_port=18997)
-    try:
-        repo = work / "repo"
-        config = [{"EnvName": "default", "WorkFlow": [
-            {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, PHASES + 1)]}]
-        noop = {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)}
-        sha = commit_files(repo, noop)
-        settings = Settings(home=work / "home", address="127.0.0.1:17997", task_queue="bench-docker")
-        mirror = RepoMirror(settings.home / "git")
-        mirror.resolve(str(repo), sha=sha)
-        bare = bare_runs(mirror.mirror_path(str(repo)), sha, 10)
-        cfg = parse_config(f"tenants: [{{name: bench, env: DEV, builder: docker, docker: {{builder_network: none}}}}]\n"
-                           f"links: [{{repo: r, url: {repo}, tenants: [bench]}}]\n")
-        kk = await Katkit.connect(settings, cfg)
-        stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(settings, kk.client, stop))
-        phase_s: list[float] = []
+    repo = work / "repo"
+    config = [{"EnvName": "default", "WorkFlow": [
+        {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, PHASES + 1)]}]
+    noop = {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)}
+    sha = commit_files(repo, noop)
+    mirror = RepoMirror(work / "home" / "git")
+    mirror.resolve(str(repo), sha=sha)
+    bare = bare_runs(mirror.mirror_path(str(repo)), sha, 10)
+    tenants = (f"tenants: [{{name: bench, env: DEV, builder: docker, docker: {{builder_network: none}}}}]\n"
+               f"links: [{{repo: r, url: {repo}, tenants: [bench]}}]\n")
+    phase_s: list[float] = []
+    async with katkit_on_dev_server(work, 17997, tenants) as kk:
         for r in range(runs + 1):  # the first run warms up
-            st = await run(kk, repo, {**noop, "run.txt": str(r)})
+            st = await run_commit(kk, "bench", repo, {**noop, "run.txt": str(r)})
             if r:
                 phase_s += [(p.ended_at - p.started_at).total_seconds() for p in st.phases]
         one = json.dumps([{"EnvName": "default", "WorkFlow": [{"Name": "LOG", "PhaseType": 4, "Order": 1}]}])
         rss = {"before": peak_rss_mb()}
         for mb in (10, 100):
             ci = f"yes 'katkit log line padded to a hundred bytes .......................................................' | head -c {mb}000000\n"
-            st = await run(kk, repo, {"ci.sh": ci, "katkitconfig.js": one})
+            st = await run_commit(kk, "bench", repo, {"ci.sh": ci, "katkitconfig.js": one})
             size = kk.log_store.size(st.phases[0].shards[0].log_key)
             rss[f"{mb} MB"] = peak_rss_mb()
             assert size >= mb * 1_000_000, size
-        stop.set()
-        await worker
-    finally:
-        server.terminate()
-        server.wait()
     floor, ours = statistics.median(bare), pct(phase_s, 50)
     print(f"katkit bench: {PHASES}-phase no-op pipeline on the Docker builder, {runs} runs ({len(phase_s)} phases)")
     print(f"  bare docker run --rm (10 runs)  p50 {floor * 1000:7.1f} ms   p95 {pct(bare, 95) * 1000:7.1f} ms")

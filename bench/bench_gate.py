@@ -22,14 +22,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from temporalio.api.enums.v1 import EventType  # noqa: E402
 
-from bench.bench_local import pct  # noqa: E402
-from katkit.config import Settings, parse_config  # noqa: E402
+from bench.harness import katkit_on_dev_server, pct  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
 from katkit.models import RunStatus  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
-from katkit.temporal import start_dev_server  # noqa: E402
 from starter.api import Katkit  # noqa: E402
-from worker import run_worker  # noqa: E402
 
 TARGET_MS = 50.0
 
@@ -60,25 +57,15 @@ async def one_run(kk: Katkit, repo: Path, i: int) -> tuple[float, float]:
 async def main(runs: int) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="katkit-bench-gate-"))
-    server = start_dev_server(work, port=17996, ui_port=18996)
-    try:
-        repo = work / "repo"
-        config = [{"EnvName": "default", "WorkFlow": [{"Name": "DEPLOY", "PhaseType": 1, "Order": 1}]}]
-        commit_files(repo, {"katkitconfig.js": json.dumps(config),
-                            "servicedescription/servicedescription.js": json.dumps({"Name": "app", "DockerImage": "app:<hubtag>"})})
-        settings = Settings(home=work / "home", address="127.0.0.1:17996", task_queue="bench-gate")
-        cfg = parse_config("tenants: [{name: p-bench, env: PROD, approval: {required: true, approvers: [alice]}}]\n"
-                           f"links: [{{repo: r, url: {repo}, tenants: [p-bench]}}]\n")
-        kk = await Katkit.connect(settings, cfg)
-        stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(settings, kk.client, stop))
+    repo = work / "repo"
+    config = [{"EnvName": "default", "WorkFlow": [{"Name": "DEPLOY", "PhaseType": 1, "Order": 1}]}]
+    commit_files(repo, {"katkitconfig.js": json.dumps(config),
+                        "servicedescription/servicedescription.js": json.dumps({"Name": "app", "DockerImage": "app:<hubtag>"})})
+    tenants = ("tenants: [{name: p-bench, env: PROD, approval: {required: true, approvers: [alice]}}]\n"
+               f"links: [{{repo: r, url: {repo}, tenants: [p-bench]}}]\n")
+    async with katkit_on_dev_server(work, 17996, tenants) as kk:
         await one_run(kk, repo, -1)  # warm-up
         results = [await one_run(kk, repo, i) for i in range(runs)]
-        stop.set()
-        await worker
-    finally:
-        server.terminate()
-        server.wait()
     to_activity = [r[0] for r in results]
     to_deploy = [r[1] for r in results]
     print(f"katkit bench: approval signal -> deploy, {runs} gated runs (local platform)")

@@ -31,21 +31,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from katkit import agent  # noqa: E402
-from katkit.config import Settings, parse_config  # noqa: E402
+from bench.harness import katkit_on_dev_server, pct, run_commit  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
-from katkit.models import RunStatus  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
-from katkit.temporal import start_dev_server  # noqa: E402
-from starter.api import Katkit  # noqa: E402
-from worker import run_worker  # noqa: E402
 
 PHASES = 10
 TARGET_MS = 30.0
-
-
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def bare_agent_runs(repo: Path, sha: str, work: Path, n: int) -> list[float]:
@@ -65,37 +56,22 @@ def bare_agent_runs(repo: Path, sha: str, work: Path, n: int) -> list[float]:
 async def main(runs: int) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="katkit-bench-"))
-    server = start_dev_server(work, port=17999, ui_port=18999)
-    try:
-        repo = work / "repo"
-        config = [{"EnvName": "default", "WorkFlow": [
-            {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, PHASES + 1)]}]
-        sha = commit_files(repo, {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)})
-        bare = bare_agent_runs(repo, sha, work, 10)
-        floor = statistics.median(bare)
-
-        settings = Settings(home=work / "home", address="127.0.0.1:17999", task_queue="bench")
-        cfg = parse_config(f"tenants: [{{name: bench, env: DEV}}]\nlinks: [{{repo: r, url: {repo}, tenants: [bench]}}]\n")
-        kk = await Katkit.connect(settings, cfg)
-        stop = asyncio.Event()
-        worker = asyncio.create_task(run_worker(settings, kk.client, stop))
-        phase_s: list[float] = []
-        totals = []
+    repo = work / "repo"
+    config = [{"EnvName": "default", "WorkFlow": [
+        {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, PHASES + 1)]}]
+    sha = commit_files(repo, {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)})
+    bare = bare_agent_runs(repo, sha, work, 10)
+    floor = statistics.median(bare)
+    tenants = f"tenants: [{{name: bench, env: DEV}}]\nlinks: [{{repo: r, url: {repo}, tenants: [bench]}}]\n"
+    phase_s: list[float] = []
+    totals = []
+    async with katkit_on_dev_server(work, 17999, tenants) as kk:
         for r in range(runs + 1):  # the first run warms up the worker and the git mirror
-            run_sha = commit_files(repo, {"run.txt": str(r)})
             t0 = time.perf_counter()
-            handle = await kk.start_run("bench", "r", sha=run_sha, by="bench")
-            st = await kk.client.get_workflow_handle(handle.run_id, result_type=RunStatus).result()  # no polling
-            total = time.perf_counter() - t0
-            if r == 0:
-                continue
-            totals.append(total)
-            phase_s += [(p.ended_at - p.started_at).total_seconds() for p in st.phases]
-        stop.set()
-        await worker
-    finally:
-        server.terminate()
-        server.wait()
+            st = await run_commit(kk, "bench", repo, {"run.txt": str(r)})
+            if r:
+                totals.append(time.perf_counter() - t0)
+                phase_s += [(p.ended_at - p.started_at).total_seconds() for p in st.phases]
     over = [(s - floor) * 1000 for s in phase_s]
     print(f"katkit bench: {PHASES}-phase no-op pipeline on the local builder, {runs} runs ({len(phase_s)} phases)")
     print(f"  bare agent (10 direct runs)    p50 {floor * 1000:7.1f} ms   p95 {pct(bare, 95) * 1000:7.1f} ms")

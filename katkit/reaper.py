@@ -47,13 +47,17 @@ async def _run_is_open(client: Client, run_id: str, execution: str) -> bool:
     return desc.status == WorkflowExecutionStatus.RUNNING
 
 
-async def reap_once(client: Client, builders: list[Builder]) -> list[str]:
-    """Remove every builder whose run is closed or gone; return their names."""
+async def reap_once(client: Client, builders: list[Builder], task_queue: str) -> list[str]:
+    """Remove every builder of this installation (namespace and task queue) whose run is closed or gone.
+
+    Builders of another installation sharing the engine are left alone: their runs are not ours to ask about.
+    """
     removed = []
     for builder in builders:
         for name, labels in (await asyncio.to_thread(builder.list)).items():
             run_id = labels.get("katkit.run")
-            if not run_id or await _run_is_open(client, run_id, labels.get("katkit.execution", "")):
+            ours = labels.get("katkit.task_queue") == task_queue and labels.get("katkit.namespace") == client.namespace
+            if not run_id or not ours or await _run_is_open(client, run_id, labels.get("katkit.execution", "")):
                 continue
             await asyncio.to_thread(builder.remove, name)
             log.info("removed orphaned builder", builder=name, run_id=run_id)
@@ -61,11 +65,11 @@ async def reap_once(client: Client, builders: list[Builder]) -> list[str]:
     return removed
 
 
-async def reap_forever(client: Client, home: Path, interval: float = REAP_INTERVAL_S) -> None:
+async def reap_forever(client: Client, home: Path, task_queue: str, interval: float = REAP_INTERVAL_S) -> None:
     builders = await asyncio.to_thread(builders_on_this_host, home)
     while True:
         try:
-            await reap_once(client, builders)
+            await reap_once(client, builders, task_queue)
         except (RPCError, KatkitError) as exc:
             log.warning("orphan reaper pass failed; trying again later", error=str(exc))
         await asyncio.sleep(interval)

@@ -306,14 +306,18 @@ async def test_sigkilled_worker_reattaches_to_the_one_container(client, settings
 
 async def test_orphan_reaper_removes_builders_of_closed_runs(client, docker_api, tenant: str, repo: Path, sha: str) -> None:
     builder = DockerBuilder(DockerConfig(builder_network="none"), tenant)
-    labels = {"katkit.tenant": tenant, "katkit.run": f"run-gone-{tenant}", "katkit.execution": ""}
-    builder.start(BuilderSpec(name=f"katkit-orphan-{tenant}", labels=labels, repo_url=str(repo), sha=sha,
-                              env={"KATKIT_PHASE": "HANG"}))
+    mine = {"katkit.tenant": tenant, "katkit.run": f"run-gone-{tenant}", "katkit.execution": "",
+            "katkit.namespace": client.namespace, "katkit.task_queue": "queue-a"}
+    theirs = {**mine, "katkit.task_queue": "another-installation"}
+    for name, labels in ((f"katkit-orphan-{tenant}", mine), (f"katkit-foreign-{tenant}", theirs)):
+        builder.start(BuilderSpec(name=name, labels=labels, repo_url=str(repo), sha=sha, env={"KATKIT_PHASE": "HANG"}))
     try:
-        removed = await reap_once(client, [builder])
-        assert f"katkit-orphan-{tenant}" in removed and builders(docker_api, tenant) == []
+        removed = await reap_once(client, [builder], "queue-a")
+        assert removed == [f"katkit-orphan-{tenant}"]
+        assert [c["Names"][0].lstrip("/") for c in builders(docker_api, tenant)] == [f"katkit-foreign-{tenant}"]
     finally:
         builder.remove(f"katkit-orphan-{tenant}")
+        builder.remove(f"katkit-foreign-{tenant}")
 
 
 def test_engine_down_is_one_line_and_retryable(monkeypatch) -> None:
@@ -394,7 +398,7 @@ async def test_two_approved_deploys_are_serialized_in_arrival_order(client, sett
     from datetime import timedelta
 
     t = docker_config.tenant(tenant)
-    t.docker.settle = timedelta(seconds=2)
+    t.docker.settle = timedelta(seconds=5)  # long enough to see the second run queued behind the first
     t.approval.required, t.approval.approvers = True, ["alice"]
     first_sha, second_sha = await _deploy_runs(dk, docker_api, repo, image_repo, tmp_path, 2)
     runs = []

@@ -1,0 +1,47 @@
+"""What every benchmark shares: a Temporal dev server of its own with a worker, and percentiles."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from katkit.config import Settings, parse_config
+from katkit.models import RunStatus
+from katkit.sample import commit_files
+from katkit.temporal import start_dev_server
+from starter.api import Katkit
+from worker import run_worker
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+@contextlib.asynccontextmanager
+async def katkit_on_dev_server(work: Path, port: int, config_yaml: str, **settings: Any) -> AsyncIterator[Katkit]:
+    """A dev server on ``port`` (state under ``work``), a worker, and a starter for ``config_yaml``."""
+    server = start_dev_server(work, port=port, ui_port=port + 1000)
+    try:
+        s = Settings(home=work / "home", address=f"127.0.0.1:{port}", task_queue=f"bench-{port}", **settings)
+        kk = await Katkit.connect(s, parse_config(config_yaml))
+        stop = asyncio.Event()
+        worker = asyncio.create_task(run_worker(s, kk.client, stop))
+        try:
+            yield kk
+        finally:
+            stop.set()
+            await worker
+    finally:
+        server.terminate()
+        server.wait()
+
+
+async def run_commit(kk: Katkit, tenant: str, repo: Path, files: dict[str, str]) -> RunStatus:
+    """Commit ``files``, run that sha in ``tenant`` and wait on the result (no status polling: no observer effect)."""
+    sha = commit_files(repo, files)
+    handle = await kk.start_run(tenant, "r", sha=sha, by="bench")
+    return await kk.client.get_workflow_handle(handle.run_id, result_type=RunStatus).result()

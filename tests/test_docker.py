@@ -407,15 +407,20 @@ async def test_two_approved_deploys_are_serialized_in_arrival_order(client, sett
         await wait_for(lambda: _status(dk, handle.run_id, "awaiting_approval"))
         runs.append(handle.run_id)
     await asyncio.gather(dk.approve(runs[0], "alice"), dk.approve(runs[1], "alice"))  # approved at once
-    await wait_for(lambda: _waits(dk, tenant, runs[1]))
-    lock = await _lock_of(dk, tenant)
-    assert lock.holder.run_id == runs[0] and [w.run_id for w in lock.waiters] == [runs[1]]
-    a, b = [await dk.wait(r) for r in runs]
-    assert a.deployed.started_at < a.deployed.deployed_at <= b.deployed.started_at < b.deployed.deployed_at  # no overlap
-    assert b.deployed.lock_waited_s > 1.0 and a.deployed.lock_waited_s < 1.0
-    assert b.deployed.previous_image == a.deployed.image
+    lock = await wait_for(lambda: _holder_and_one_waiter(dk, tenant))
+    order = [lock.holder.run_id, lock.waiters[0].run_id]  # arrival order at the lock: whichever came first holds
+    assert sorted(order) == sorted(runs)
+    first, second = [await dk.wait(r) for r in order]
+    assert first.deployed.started_at < first.deployed.deployed_at <= second.deployed.started_at < second.deployed.deployed_at
+    assert second.deployed.lock_waited_s > 1.0 and first.deployed.lock_waited_s < 1.0
+    assert second.deployed.previous_image == first.deployed.image
     running = service_containers(docker_api, tenant)
-    assert len(running) == 1 and running[0]["Config"]["Image"] == f"{image_repo}:{second_sha}"
+    assert len(running) == 1 and running[0]["Config"]["Image"] == second.deployed.image
+
+
+async def _holder_and_one_waiter(dk: Katkit, tenant: str):
+    lock = await _lock_of(dk, tenant)
+    return lock if lock is not None and lock.holder is not None and len(lock.waiters) == 1 else None
 
 
 async def _status(dk: Katkit, run_id: str, status: str) -> bool:

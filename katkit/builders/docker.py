@@ -159,8 +159,7 @@ class DockerBuilder(EngineUser):
             return False
         except docker.errors.NotFound:
             pass
-        image = spec.image or self.config.image
-        self.check_image(spec.image)
+        image = spec.image or self.config.image  # checked by the run's checkout; create says so if it vanished since
         binds: dict[str, dict[str, str]] = {}
         repo_url = spec.repo_url
         if self.config.mount_mirror and spec.mirror_path:
@@ -179,6 +178,9 @@ class DockerBuilder(EngineUser):
                 image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name,
                 labels={**spec.labels, BUILDER_LABEL: "1"}, environment=spec.env, host_config=host_config,
             )
+        except docker.errors.ImageNotFound:
+            self.check_image(spec.image)  # raises the one-line BadInput
+            raise
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it a moment ago: re-attach
                 return False

@@ -34,7 +34,8 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         workflows=[CommitRun, DeployLock, Promotion],
         # the log formatter runs where the workflow logs: let it use the real structlog, not a sandboxed copy
         workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("structlog", "rich")),
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(
+                "structlog", "rich", "pydantic", "pydantic_core", "annotated_types", "katkit", "activities")),
         activities=activities.all(),
         activity_executor=executor,
         max_concurrent_activities=executor._max_workers,  # one thread for each activity that may run

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import katkit_on_dev_server, pct, run_commit  # noqa: E402
+from bench.harness import katkit_on_dev_server, noop_pipeline, pct, run_commit  # noqa: E402
 from katkit.gitrepo import RepoMirror  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
@@ -54,9 +54,7 @@ async def main(runs: int) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="katkit-bench-docker-"))
     repo = work / "repo"
-    config = [{"EnvName": "default", "WorkFlow": [
-        {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, PHASES + 1)]}]
-    noop = {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)}
+    noop = noop_pipeline(PHASES)
     sha = commit_files(repo, noop)
     mirror = RepoMirror(work / "home" / "git")
     mirror.resolve(str(repo), sha=sha)

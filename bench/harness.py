@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,13 @@ from katkit.sample import commit_files
 from katkit.temporal import start_dev_server
 from starter.api import Katkit
 from worker import run_worker
+
+
+def noop_pipeline(phases: int) -> dict[str, str]:
+    """A repository whose ci.sh does nothing, run in ``phases`` execution phases of one shard each."""
+    config = [{"EnvName": "default", "WorkFlow": [
+        {"Name": f"P{i:02d}", "PhaseType": 4, "Order": i, "Parallelism": 1} for i in range(1, phases + 1)]}]
+    return {"ci.sh": "true\n", "katkitconfig.js": json.dumps(config)}
 
 
 def pct(values: list[float], p: float) -> float:

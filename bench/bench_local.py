@@ -10,7 +10,9 @@ Where the time goes (measured from history event times, temporalio 1.35, tempora
 one activity per shard (start + wait + stream log + remove, not one activity per step), eagerly
 dispatched with the workflow task's completion (scheduled -> started 0 ms, body starts ~8 ms later);
 the exit is seen at once through a pidfd rather than by polling; each phase then costs one workflow
-task: ~6 ms sticky dispatch + ~8-13 ms processing (the sandbox is ~5 ms of that). An observer that
+task: ~6 ms sticky dispatch + ~9-12 ms processing (with pydantic and katkit's modules passed through the
+sandbox; the rest of the sandbox is ~5 ms more), and the detached local agent costs ~20 ms more than the
+agent run directly. Measured late in the first round: p50 36-43 ms, over the target. An observer that
 queries ``status`` every 50 ms adds ~20 ms a phase on this 2-core machine, as every query is an
 activation on the same worker: the benchmark waits on the result instead.
 

@@ -47,7 +47,7 @@ from katkit.models import (
     ShardInput,
     ShardResult,
 )
-from katkit.names import deploy_lock_id, log_key
+from katkit.names import DEPLOY_LOCK, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
 from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
 
@@ -55,7 +55,6 @@ LOG_CHUNK = 1 << 20
 POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
 TIMED_OUT_EXIT = 124
 NOTIFY_TIMEOUT_S = 5
-DEPLOY_LOCK = "DeployLock"
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = structlog.get_logger("katkit.activities")
@@ -259,7 +258,7 @@ class KatkitActivities:
             static_summary=f"deploy lock of {req.service} in {req.tenant}",
         )
         call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
-            "acquire", req, start_workflow_operation=start, result_type=LockGrant))
+            LOCK_ACQUIRE, req, start_workflow_operation=start, result_type=LockGrant))
         try:
             while True:
                 done, _ = await asyncio.wait({call}, timeout=2.0)
@@ -274,7 +273,7 @@ class KatkitActivities:
         assert self.client is not None
         try:
             lock = deploy_lock_id(activity.info().task_queue, req.tenant, req.service)
-            await self.client.get_workflow_handle(lock).execute_update("release", req)
+            await self.client.get_workflow_handle(lock).execute_update(LOCK_RELEASE, req)
         except Exception as exc:  # noqa: BLE001 - the lock's watchdog frees it once this run closes
             log.warning("could not release the deploy lock", run_id=req.run_id, error=str(exc))
 

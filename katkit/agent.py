@@ -7,8 +7,7 @@ It runs inside every builder (a local process, a container, an ECS task). Its sp
 
 ``agent.py STATE_DIR`` reads ``STATE_DIR/spec.json`` and writes, in ``STATE_DIR``: ``log`` (ci.sh's stdout
 and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
-atomically, so a watcher that finds it knows the log is complete. ``--detach`` starts it in a new session
-and returns at once, so that the builder outlives the process that started it.
+atomically, so a watcher that finds it knows the log is complete. ``command()`` is how builders start it.
 ``agent.py --spec-json JSON`` runs in the foreground with the log on stdout and ci.sh's environment taken
 from the agent's own (containers: Docker sets the contract's variables).
 """
@@ -80,25 +79,9 @@ def run_in_state_dir(state_dir: str) -> int:
     return int(result["exit_code"])
 
 
-def detach(state_dir: str) -> int:
-    """Fork into a new session (double fork), record the pid, and return at once."""
-    pid = os.fork()
-    if pid:
-        _, status = os.waitpid(pid, 0)
-        return os.waitstatus_to_exitcode(status)
-    os.setsid()
-    grandchild = os.fork()
-    if grandchild:  # written before the caller returns, so the pid is there as soon as start() is
-        with open(os.path.join(state_dir, "pid.tmp"), "w") as f:
-            f.write(str(grandchild))
-        os.replace(os.path.join(state_dir, "pid.tmp"), os.path.join(state_dir, "pid"))
-        os._exit(0)
-    os.setsid()  # the agent leads its own process group: killing the group stops ci.sh and its children
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(devnull, fd)
-    code = run_in_state_dir(state_dir)
-    os._exit(code & 0xFF)
+def command(state_dir) -> list[str]:
+    """How a builder starts the agent on ``state_dir`` (stdlib only: no site-packages, no user environment)."""
+    return [sys.executable, "-I", "-S", os.path.abspath(__file__), str(state_dir)]
 
 
 def main(argv: list[str]) -> int:
@@ -106,11 +89,9 @@ def main(argv: list[str]) -> int:
         sys.stdout.flush()
         result = run(json.loads(argv[1]), os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False))
         return int(result["exit_code"])
-    if len(argv) == 2 and argv[0] == "--detach":
-        return detach(argv[1])
     if len(argv) == 1:
         return run_in_state_dir(argv[0])
-    print("usage: agent.py [--detach] STATE_DIR | agent.py --spec-json JSON", file=sys.stderr)
+    print("usage: agent.py STATE_DIR | agent.py --spec-json JSON", file=sys.stderr)
     return 2
 
 

@@ -3,6 +3,8 @@
 Each builder is a state directory ``<root>/<name>/`` holding ``spec.json``, ``pid``, ``log`` and, once ci.sh
 has exited, ``exit.json``. The agent runs in its own session, so a worker that dies leaves it running and
 a restarted worker re-attaches by name: it reads the same log and exit status instead of starting again.
+A removed builder's directory moves aside at once and is deleted by a background thread, so deleting a
+workspace never holds up the phase.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
+import threading
 import time
+import uuid
 from pathlib import Path
 
 from katkit import agent
@@ -24,6 +27,38 @@ from katkit.errors import InfraError
 STOP_GRACE_S = 5.0
 START_GRACE_S = 10.0
 _BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+
+
+class _Sweeper:
+    """One background thread that empties trash directories (also what a worker that died left there)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._dirs: set[Path] = set()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self, trash: Path) -> None:
+        with self._lock:
+            self._dirs.add(trash)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="katkit-local-sweeper", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._dirs:
+                    self._wake.wait()
+                dirs, self._dirs = self._dirs, set()
+            for trash in dirs:
+                for entry in list(trash.iterdir()) if trash.is_dir() else []:
+                    shutil.rmtree(entry, ignore_errors=True)
+
+
+_sweeper = _Sweeper()
+_children: dict[int, subprocess.Popen[bytes]] = {}  # agents this worker started and has not removed yet
 
 
 class LocalBuilder:
@@ -45,12 +80,16 @@ class LocalBuilder:
         os.replace(d / "spec.json.tmp", d / "spec.json")
         if (d / "workspace").exists():  # a start that crashed half-way: begin clean
             shutil.rmtree(d / "workspace")
-        proc = subprocess.run(
-            [sys.executable, agent.__file__, "--detach", str(d)],
-            stdin=subprocess.DEVNULL, capture_output=True, check=False, close_fds=True,
-        )
-        if proc.returncode != 0 or not (d / "pid").exists():
-            raise InfraError(f"local builder {spec.name} did not start: {proc.stderr.decode(errors='replace').strip()}")
+        (d / "log").touch()  # there as soon as the pid is
+        # the agent leads a session of its own, so it outlives this worker and killing its group stops ci.sh
+        try:
+            proc = subprocess.Popen(agent.command(d), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd=d)
+        except OSError as exc:
+            raise InfraError(f"local builder {spec.name} did not start: {exc}") from exc
+        _children[proc.pid] = proc
+        (d / "pid.tmp").write_text(str(proc.pid))
+        os.replace(d / "pid.tmp", d / "pid")
         return True
 
     def _pid(self, name: str) -> int | None:
@@ -61,6 +100,8 @@ class LocalBuilder:
 
     def _alive(self, name: str, pid: int) -> bool:
         """The pid is alive and still our agent (not a reused pid)."""
+        if pid in _children:  # started by this worker (its cmdline may read empty while it execs)
+            return _children[pid].poll() is None
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
             stat = Path(f"/proc/{pid}/stat").read_text()
@@ -125,8 +166,18 @@ class LocalBuilder:
                 time.sleep(0.05)
 
     def remove(self, name: str) -> None:
+        """Stop the agent; the builder is gone as soon as its directory moves to the trash (deleted in the background)."""
+        pid = self._pid(name)
         self._stop(name)
-        shutil.rmtree(self._dir(name), ignore_errors=True)
+        if pid is not None and (proc := _children.pop(pid, None)) is not None:
+            proc.poll()  # reaped; one that somehow lives on is reaped by subprocess once it exits
+        trash = self.root.with_name(f"{self.root.name}.removed")  # deleted from there off the phase's critical path
+        trash.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(self._dir(name), trash / f"{name}-{uuid.uuid4().hex[:8]}")
+        except FileNotFoundError:
+            return
+        _sweeper.sweep(trash)
 
     def list(self) -> dict[str, dict[str, str]]:
         found: dict[str, dict[str, str]] = {}

@@ -16,8 +16,7 @@ Where the time goes (history event times and py-spy; temporalio 1.35, temporal-b
   completed. About a third of the processing is the sandbox: the SDK runs a compiled snippet inside it for
   every payload it encodes or decodes (ShardInput, the result, the activity summary, the memo); unsandboxed
   workflows measured ~3 ms less per task.
-- Figures of this round: p50 37-42 ms with this VM's bare floor at 60-66 ms; the same code measured
-  p50 27 ms while the floor was 48-55 ms. The target is not reliably met on this machine.
+- Figures of this round (five runs): p50 37-42 ms, bare floor 48-66 ms. The target is not met here.
 - An observer that queries ``status`` every 50 ms adds ~20 ms a phase on this 2-core machine, as every
   query is an activation on the same worker: the benchmark waits on the result instead.
 

@@ -27,7 +27,8 @@ log = get_logger("katkit.worker")
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
     activities = KatkitActivities(settings.home, log_store_for(settings), client=client, executor=executor,
-                                  lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url)
+                                  lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url,
+                                  github_token=settings.github_token)
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,

@@ -28,9 +28,9 @@ from temporalio.service import RPCError, RPCStatusCode
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from katkit.builders import Builder, BuilderSpec, builder_for, builder_name
-from katkit.config import TenantConfig
+from katkit.config import LinkConfig, TenantConfig
 from katkit.errors import BAD_INPUT_TYPE, BadInput, InfraError
-from katkit.gitrepo import RepoMirror, normalize_url
+from katkit.gitrepo import RepoMirror, is_remote, normalize_url
 from katkit.logstore import LogStore
 from katkit.models import (
     CheckoutInput,
@@ -42,6 +42,8 @@ from katkit.models import (
     PhaseType,
     DeployInput,
     DeployResult,
+    GitHubReportInput,
+    GitHubReportResult,
     RemoveBuilderInput,
     RunPlan,
     ShardInput,
@@ -75,8 +77,12 @@ def translate_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def contract_env(inp: ShardInput) -> dict[str, str]:
-    """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win)."""
+def contract_env(inp: ShardInput, github_token: str | None = None) -> dict[str, str]:
+    """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win).
+
+    The worker's GitHub token only when the tenant asks for it (``github.token_to_builder``).
+    """
+    secret = {"GITHUB_TOKEN": github_token} if github_token and inp.tenant.github.token_to_builder else {}
     return {
         **inp.phase.build_params,
         "KATKIT_SHA": inp.sha,
@@ -88,6 +94,7 @@ def contract_env(inp: ShardInput) -> dict[str, str]:
         "KATKIT_RUN_ID": inp.run_id,
         "KATKIT_SHARD_INDEX": str(inp.shard_index),
         "KATKIT_SHARD_COUNT": str(inp.phase.parallelism),
+        **secret,
     }
 
 
@@ -103,8 +110,10 @@ class KatkitActivities:
         executor: Executor | None = None,
         lock_watchdog_s: float = 30.0,
         ui_url: str = "http://localhost:8233",
+        github_token: str | None = None,
     ) -> None:
         self.ui_url = ui_url
+        self._github_token = github_token
         self.client = client
         self.lock_watchdog_s = lock_watchdog_s
         self.executor = executor
@@ -115,13 +124,22 @@ class KatkitActivities:
         self._platforms = platforms or (lambda t: get_platform(t.platform, home))
 
     def all(self) -> list[Callable[..., Any]]:
-        return [self.checkout, self.run_shard, self.remove_builder, self.deploy, self.closed_runs, self.notify]
+        return [self.checkout, self.run_shard, self.remove_builder, self.deploy, self.closed_runs, self.notify,
+                self.github_report]
+
+    def _token(self, link: LinkConfig) -> str | None:
+        """The GitHub token, for GitHub links only: never offered to another host."""
+        return self._github_token if link.github else None
+
+    def _run_url(self, run_id: str) -> str:
+        ns = activity.info().workflow_namespace
+        return f"{self.ui_url}/namespaces/{ns}/workflows/{urllib.parse.quote(run_id, safe='')}"
 
     @activity.defn(name="checkout")
     @translate_errors
     def checkout(self, inp: CheckoutInput) -> RunPlan:
         """Resolve the sha and read + validate the repository's files at it."""
-        plan = read_plan(self.mirror, inp.link, inp.env, inp.sha)
+        plan = read_plan(self.mirror, inp.link, inp.env, inp.sha, self._token(inp.link))
         if inp.tenant is not None:  # every builder image must be there before any builder starts
             builder = self._builders(inp.tenant)
             for image in sorted({p.image or "" for p in plan.phases if p.type == PhaseType.EXECUTION}):
@@ -155,12 +173,15 @@ class KatkitActivities:
                     "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace,
                     "katkit.task_queue": activity.info().task_queue},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
-            env=contract_env(inp), image=inp.phase.image, local_fleet=inp.local_fleet,
+            env=contract_env(inp, self._github_token), image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
         )
         started_at = datetime.now(timezone.utc)
         remove = True
         try:
+            if is_remote(spec.repo_url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror):
+                # the builder clones this host's mirror: it must hold the sha (checkout may have run elsewhere)
+                self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
             fresh = builder.start(spec)
             log.info("builder started" if fresh else "builder re-attached", builder=name)
             offset = self.log_store.size(key)
@@ -332,8 +353,7 @@ class KatkitActivities:
         """POST the event as JSON to each webhook; a failing one is retried, then given up (never fails a run)."""
         event = dict(inp.event)
         if event.get("run_id"):
-            ns = activity.info().workflow_namespace
-            event["url"] = f"{self.ui_url}/namespaces/{ns}/workflows/{urllib.parse.quote(str(event['run_id']), safe='')}"
+            event["url"] = self._run_url(str(event["run_id"]))
         body = json.dumps(event).encode()
         failed = []
         for url in inp.urls:
@@ -346,3 +366,31 @@ class KatkitActivities:
                 failed.append(f"{url}: {exc}")
         if failed:
             raise ApplicationError(f"webhook delivery failed: {'; '.join(failed)[:300]}", type="WebhookFailed")
+
+    @activity.defn(name="github_report")
+    @translate_errors
+    def github_report(self, inp: GitHubReportInput) -> GitHubReportResult:
+        """Tell GitHub what the run did, in order: commit statuses, its deployment and the deployment's states.
+
+        Progress is heartbeated, so a retry after GitHub failed half-way resumes where it stopped.
+        """
+        token = self._token(inp.link)
+        if not token:
+            log.warning("no KATKIT_GITHUB_TOKEN on this worker: GitHub statuses and deployments are not sent",
+                        repo=inp.link.github)
+            return GitHubReportResult(deployment_id=inp.deployment_id)
+        from katkit.gh import GitHubRepo
+
+        gh = GitHubRepo(inp.link, token)
+        details = activity.info().heartbeat_details
+        done, deployment_id = (int(details[0]), details[1]) if len(details) >= 2 else (0, inp.deployment_id)
+        target = self._run_url(inp.run_id)
+        for i, update in enumerate(inp.updates[done:], start=done):
+            if update.kind == "status":
+                gh.commit_status(inp.sha, update, target)
+            elif update.kind == "deployment":
+                deployment_id = gh.deployment(inp.sha, update, f"{inp.run_id}/{inp.execution}")
+            elif deployment_id is not None:
+                gh.deployment_status(deployment_id, update, target)
+            activity.heartbeat(i + 1, deployment_id)
+        return GitHubReportResult(deployment_id=deployment_id, sent=len(inp.updates))

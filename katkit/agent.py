@@ -22,6 +22,15 @@ import time
 
 AGENT_FAILURE = 255  # the agent itself could not run ci.sh (checkout failed, no ci.sh)
 
+# git asks this helper for credentials only when the server wants them. The token reaches git through the
+# environment of that git process, never its arguments (which any user of the host can list).
+CREDENTIAL_HELPER = "!f() { test \"$1\" = get && printf 'username=x-access-token\\npassword=%s\\n' \"$KATKIT_GIT_TOKEN\"; }; f"
+
+
+def credential_args(token: str | None) -> list[str]:
+    """``git -c`` options that answer with the token from ``$KATKIT_GIT_TOKEN`` (and no other helper)."""
+    return ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"] if token else []
+
 
 def _say(out, text: str) -> None:
     out.write(f"[katkit-agent] {text}\n".encode())
@@ -34,9 +43,13 @@ def run(spec: dict, out) -> dict:
     ws = spec["workspace"]
     sha = spec["sha"]
     git_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    # a tenant that passes the GitHub token to ci.sh (GITHUB_TOKEN) lets the agent clone with it too
+    token = (spec.get("env") or os.environ).get("GITHUB_TOKEN") if spec["repo_url"].startswith(("https://", "http://")) else None
+    if token:
+        git_env["KATKIT_GIT_TOKEN"] = token
     _say(out, f"checking out {sha} from {spec['repo_url']}")
     for cmd in (
-        ["git", "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
+        ["git", *credential_args(token), "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
         ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", sha],
     ):
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=git_env, check=False)

@@ -97,6 +97,15 @@ class EcsConfig(Strict):
     deploy_timeout: Duration = Field(timedelta(minutes=15), description="how long a service update may take to complete")
 
 
+class TenantGitHub(Strict):
+    """What a tenant does with GitHub links: push/PR triggers, its deployment environment, the token for ci.sh."""
+
+    auto_trigger: bool = Field(False, description="a push to a link's home branch starts a run in this tenant")
+    pull_requests: bool = Field(False, description="a PR opened or pushed against the home branch starts a run here")
+    environment: str | None = Field(None, description="the GitHub deployment environment; default: the tenant's name")
+    token_to_builder: bool = Field(False, description="ci.sh gets the worker's GitHub token as GITHUB_TOKEN")
+
+
 class TenantConfig(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
@@ -109,6 +118,11 @@ class TenantConfig(Strict):
     deploy_lock: Literal["queue", "supersede"] = Field(
         "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive a JSON event for each gate/deploy event")
+    github: TenantGitHub = Field(default_factory=TenantGitHub)
+
+    @property
+    def github_environment(self) -> str:
+        return self.github.environment or self.name
 
 
 class LinkConfig(Strict):
@@ -117,11 +131,33 @@ class LinkConfig(Strict):
     branch: str = "main"
     folder: str = ""
     tenants: list[str] = Field(default_factory=list)
+    github: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
+                               description="owner/name on GitHub; default: taken from a url on one of github.hosts")
+    github_api_url: str | None = Field(None, description="the REST API of that GitHub; default: github.api_url")
+
+
+class GitHubConfig(Strict):
+    api_url: str = Field("https://api.github.com", description="GitHub Enterprise: https://HOST/api/v3")
+    hosts: list[str] = Field(default_factory=lambda: ["github.com"], description="git hosts whose links are GitHub repos")
 
 
 class KatkitConfig(Strict):
     tenants: list[TenantConfig] = Field(default_factory=list)
     links: list[LinkConfig] = Field(default_factory=list)
+    github: GitHubConfig = Field(default_factory=GitHubConfig)
+
+    @model_validator(mode="after")
+    def _github_links(self) -> KatkitConfig:
+        """A link on a GitHub host is a GitHub repo: owner/name from its url, the API from ``github.api_url``."""
+        for link in self.links:
+            if link.github is None:
+                m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://git@|git@)([^/:]+)(?::\d+)?[/:]([\w.-]+)/([\w.-]+?)(?:\.git)?/?$",
+                             link.url)
+                if m and m.group(1) in self.github.hosts:
+                    link.github = f"{m.group(2)}/{m.group(3)}"
+            if link.github is not None and link.github_api_url is None:
+                link.github_api_url = self.github.api_url.rstrip("/")
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> KatkitConfig:
@@ -210,6 +246,8 @@ class Settings(BaseSettings):
     log_store: str | None = Field(None, description="s3://bucket/prefix for the S3 log store (default: the log directory)")
     reap_interval: float = Field(300.0, gt=0, description="seconds between passes of the orphan builder reaper")
     lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
+    github_token: str | None = Field(None, repr=False, description="GitHub token: API calls and git over HTTPS")
+    github_webhook_secret: str | None = Field(None, repr=False, description="the secret GitHub signs webhook deliveries with")
 
     @property
     def logs_path(self) -> Path:

@@ -15,17 +15,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from katkit.errors import InfraError, RefNotFound
+from katkit.agent import credential_args
+from katkit.errors import ConfigError, InfraError, RefNotFound
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
 GIT_TIMEOUT_S = 300
 
 
-def _git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _git(*args: str, cwd: Path | None = None, check: bool = True, token: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+    env.pop("KATKIT_GITHUB_TOKEN", None)
+    if token:
+        env["KATKIT_GIT_TOKEN"] = token
     try:
         proc = subprocess.run(
-            ["git", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
+            ["git", *credential_args(token), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
         )
     except FileNotFoundError:
         raise InfraError("git is not installed; install git on the worker host") from None
@@ -34,6 +38,11 @@ def _git(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.
     if check and proc.returncode != 0:
         raise InfraError(f"git {args[0]} failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return proc
+
+
+def is_remote(url: str) -> bool:
+    """A URL git reaches over the network (it may need credentials), not a path on this host."""
+    return url.startswith(("http://", "https://", "ssh://", "git://")) or bool(re.match(r"^[\w.-]+@[\w.-]+:", url))
 
 
 def normalize_url(url: str) -> str:
@@ -60,22 +69,26 @@ class RepoMirror:
             fcntl.flock(lock, fcntl.LOCK_EX)
             yield path
 
-    def _fetch(self, url: str, path: Path) -> None:
+    def _fetch(self, url: str, path: Path, token: str | None) -> None:
         if not (path / "HEAD").exists():
-            proc = _git("clone", "--quiet", "--mirror", url, str(path), check=False)
+            proc = _git("clone", "--quiet", "--mirror", url, str(path), check=False, token=token)
             if proc.returncode != 0:
                 last = proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else ""
+                if "Authentication failed" in last or "could not read Username" in last:
+                    how = "set KATKIT_GITHUB_TOKEN to a token that can read it" if not token else "check that KATKIT_GITHUB_TOKEN can read it"
+                    raise ConfigError(f"{url} refused katkit's credentials; {how}")
                 if "does not exist" in last or "not a git repository" in last or "not found" in last.lower():
                     raise RefNotFound(f"repository {url} cannot be read ({last}); check the link's url in katkit.yaml")
                 raise InfraError(f"cannot clone {url}: {last}")
         else:
-            _git("fetch", "--quiet", "--prune", "origin", cwd=path)
+            _git("fetch", "--quiet", "--prune", "origin", cwd=path, token=token)
 
     def _rev(self, path: Path, rev: str) -> str | None:
         proc = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=path, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
-    def resolve(self, url: str, *, sha: str | None = None, branch: str | None = None, pr: int | None = None) -> str:
+    def resolve(self, url: str, *, sha: str | None = None, branch: str | None = None, pr: int | None = None,
+                token: str | None = None) -> str:
         """Return the full 40-character sha for a sha (full or abbreviated), a branch or a pull request."""
         url = normalize_url(url)
         with self._locked(url) as path:
@@ -84,12 +97,12 @@ class RepoMirror:
                     raise RefNotFound(f"{sha!r} is not a commit sha; give 4 to 40 hex digits")
                 found = self._rev(path, sha) if (path / "HEAD").exists() else None
                 if found is None:
-                    self._fetch(url, path)
+                    self._fetch(url, path, token)
                     found = self._rev(path, sha)
                 if found is None:
                     raise RefNotFound(f"commit {sha} is not in {url}; push it or pick another with --sha")
                 return found
-            self._fetch(url, path)
+            self._fetch(url, path, token)
             ref = f"refs/heads/{branch}" if branch is not None else f"refs/pull/{pr}/head"
             found = self._rev(path, ref)
             if found is None:
@@ -97,12 +110,12 @@ class RepoMirror:
                 raise RefNotFound(f"{what} is not in {url}; check the name")
             return found
 
-    def read(self, url: str, sha: str, path_in_repo: str) -> str | None:
+    def read(self, url: str, sha: str, path_in_repo: str, token: str | None = None) -> str | None:
         """The file's text at ``sha``, or None when the file is not there."""
         url = normalize_url(url)
         with self._locked(url) as path:
             if self._rev(path, sha) is None:
-                self._fetch(url, path)
+                self._fetch(url, path, token)
             proc = _git("show", f"{sha}:{path_in_repo}", cwd=path, check=False)
         if proc.returncode != 0:
             if "does not exist" in proc.stderr or "exists on disk, but not in" in proc.stderr:

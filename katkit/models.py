@@ -270,3 +270,38 @@ class PromotionStatus(Model):
     steps: list[PromotionStep] = Field(default_factory=list)
 
 CommitRunInput.model_rebuild()
+
+
+class GitHubUpdate(Model):
+    """One thing to tell GitHub, in the order the run did it."""
+
+    kind: Literal["status", "deployment", "deployment_status"]
+    state: str = Field("", description="status: pending success failure error; deployment: queued in_progress ...")
+    context: str = Field("", description="the commit status's context: katkit/<tenant>/<phase>")
+    description: str = ""
+    environment: str = Field("", description="the deployment's environment")
+    production: bool = False
+
+
+class GitHubReportInput(Model):
+    link: LinkConfig
+    sha: str
+    run_id: str
+    execution: str = Field(description="the workflow execution: one deployment per execution, found again on retry")
+    updates: list[GitHubUpdate]
+    deployment_id: int | None = None
+
+
+class GitHubReportResult(Model):
+    deployment_id: int | None = None
+    sent: int = 0
+
+
+class PullInfo(Model):
+    number: int
+    title: str
+    author: str
+    sha: str
+    branch: str
+    url: str = ""
+    runs: dict[str, str] = Field(default_factory=dict, description="tenant -> status of the latest katkit run of the sha")

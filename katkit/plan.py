@@ -18,14 +18,14 @@ DEFAULT_PHASE = Phase(name="ci", type=PhaseType.EXECUTION, order=1)
 """The one phase of a repository without katkitconfig.js: run ci.sh once."""
 
 
-def read_plan(mirror: RepoMirror, link: LinkConfig, env: str, sha: str) -> RunPlan:
-    full = mirror.resolve(link.url, sha=sha)
+def read_plan(mirror: RepoMirror, link: LinkConfig, env: str, sha: str, token: str | None = None) -> RunPlan:
+    full = mirror.resolve(link.url, sha=sha, token=token)
 
     def path(name: str) -> str:
         return posixpath.join(link.folder, name) if link.folder else name
 
     def read(name: str) -> str | None:
-        return mirror.read(link.url, full, path(name))
+        return mirror.read(link.url, full, path(name), token)
 
     config_text = read(KATKITCONFIG)
     if config_text is None:

@@ -40,6 +40,7 @@ from katkit.models import (
     DecisionInput,
     LockState,
     PhaseType,
+    PullInfo,
     PromotionInput,
     PromotionStatus,
     RollbackSpec,
@@ -129,14 +130,22 @@ class Katkit:
 
     # -- starting ------------------------------------------------------------------------------------------
     def prepare_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
-                    pr: int | None = None, by: str | None = None) -> CommitRunInput:
+                    pr: int | None = None, by: str | None = None, ref: str | None = None) -> CommitRunInput:
         """Check everything a run needs (names, ref, repo files, backends) without starting anything."""
         if [sha, branch, pr].count(None) != 2:
             raise BadInput("give exactly one of --sha, --branch or --pr")
         tenant_cfg = self.config.tenant(tenant)
         link = self.config.link(repo, tenant)
-        full = self.mirror.resolve(link.url, sha=sha, branch=branch, pr=pr)
-        plan = read_plan(self.mirror, link, tenant_cfg.env, full)
+        token = self._token(link)
+        if link.github and sha is None:  # GitHub says what the branch or PR points at (PRs: against the home branch)
+            from katkit.gh import GitHubRepo
+
+            gh = GitHubRepo(link, token)
+            sha = gh.branch_sha(branch) if branch is not None else gh.pull_sha(pr)  # type: ignore[arg-type]
+            full = self.mirror.resolve(link.url, sha=sha, token=token)
+        else:
+            full = self.mirror.resolve(link.url, sha=sha, branch=branch, pr=pr, token=token)
+        plan = read_plan(self.mirror, link, tenant_cfg.env, full, token)
         if any(p.type == PhaseType.EXECUTION for p in plan.phases):
             builder = get_builder(tenant_cfg.builder, self.settings.home, tenant_cfg)
             try:
@@ -146,12 +155,38 @@ class Katkit:
                 pass  # this machine cannot reach the tenant's engine; the worker's checkout checks again
         if plan.service is not None:
             get_platform(tenant_cfg.platform, self.settings.home)
-        ref = f"sha {sha}" if sha else f"branch {branch}" if branch else f"pr {pr}"
+        ref = ref or (f"branch {branch}" if branch else f"pr {pr}" if pr else f"sha {sha}")
         return CommitRunInput(tenant=tenant_cfg, link=link, sha=full, ref=ref, started_by=by or getpass.getuser())
 
+    def _token(self, link: LinkConfig) -> str | None:
+        """The GitHub token, for GitHub links only: never offered to another host."""
+        return self.settings.github_token if link.github else None
+
+    def pull_requests(self, repo: str) -> list[PullInfo]:
+        """Open PRs against the link's home branch, newest first (runs are filled in by ``prs``)."""
+        from katkit.gh import GitHubRepo
+
+        link = self.config.link(repo)
+        return GitHubRepo(link, self._token(link)).open_pulls()
+
+    async def prs(self, repo: str) -> list[PullInfo]:
+        """Open PRs against the home branch, each with the latest katkit run's status per tenant of its head sha."""
+        pulls = await asyncio.to_thread(self.pull_requests, repo)
+        if pulls:
+            shas = ", ".join(f'"{p.sha}"' for p in pulls)
+            latest: dict[tuple[str, str], tuple[object, str]] = {}
+            async for wf in self.client.list_workflows(f'{SA_REPO.name}="{repo}" AND {SA_SHA.name} IN ({shas})'):
+                sa = wf.typed_search_attributes
+                key = (sa.get(SA_SHA) or "", sa.get(SA_TENANT) or "")
+                if key not in latest or wf.start_time > latest[key][0]:  # type: ignore[operator]
+                    latest[key] = (wf.start_time, sa.get(SA_STATUS) or "")
+            for p in pulls:
+                p.runs = {tenant: status for (sha, tenant), (_, status) in sorted(latest.items()) if sha == p.sha}
+        return pulls
+
     async def start_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
-                        pr: int | None = None, by: str | None = None) -> RunHandle:
-        inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by)
+                        pr: int | None = None, by: str | None = None, ref: str | None = None) -> RunHandle:
+        inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by, ref=ref)
         return await self.start_prepared(inp)
 
     async def start_prepared(self, inp: CommitRunInput, run_id: str | None = None) -> RunHandle:

@@ -240,6 +240,46 @@ async def locks(tenant: str | None) -> None:
 
 
 @cli.command()
+@click.option("--repo", required=True, help="Linked GitHub repository name from katkit.yaml.")
+@click.option("--json", "as_json", is_flag=True, help="Print the PRs as JSON.")
+@_async
+async def prs(repo: str, as_json: bool) -> None:
+    """List open PRs against the link's home branch: head sha, author and katkit's latest state per tenant."""
+    kk = await _katkit()
+    pulls = await kk.prs(repo)
+    if as_json:
+        click.echo(json.dumps([p.model_dump() for p in pulls], indent=2))
+        return
+    if not pulls:
+        click.echo(f"no open pull requests against {kk.config.link(repo).branch}")
+    header = ("PR", "HEAD", "AUTHOR", "KATKIT", "TITLE")
+    table = [header, *((f"#{p.number}", p.sha[:12], p.author,
+                        ", ".join(f"{t}: {s}" for t, s in p.runs.items()) or "-", p.title) for p in pulls)]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
+@click.option("--port", default=8090, show_default=True, type=int)
+@_async
+async def webhook(host: str, port: int) -> None:
+    """Serve GitHub webhooks: signed pushes and PRs start runs in the tenants that opted in."""
+    from katkit.errors import ConfigError
+    from starter.webhook import run_webhook
+
+    secret = load_settings().github_webhook_secret
+    if not secret:
+        raise ConfigError("KATKIT_GITHUB_WEBHOOK_SECRET is not set; set it to the secret of the repository's webhook")
+    kk = await _katkit()
+    configure_logging("INFO")
+    await run_webhook(kk, secret, host, port, ready=lambda addr: out.print(
+        f"katkit webhook listening on http://{addr[0]}:{addr[1]}/ (GitHub: content type application/json, "
+        "events: push and pull_request)"))
+
+
+@cli.command()
 def worker() -> None:
     """Run a worker on the katkit task queue (any number may run)."""
     from worker import run_worker

@@ -29,6 +29,9 @@ with workflow.unsafe.imports_passed_through():
         DecisionInput,
         DeployResult,
         DeployInput,
+        GitHubReportInput,
+        GitHubReportResult,
+        GitHubUpdate,
         Phase,
         PhaseState,
         PhaseType,
@@ -68,6 +71,13 @@ CLEANUP_TIMEOUT = timedelta(minutes=2)
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
 NOTIFY_BUDGET = timedelta(seconds=20)
 GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded before it replay without them
+GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
+GITHUB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=30), non_retryable_error_types=[BAD_INPUT_TYPE])
+GITHUB_BATCH_BUDGET = timedelta(minutes=5)  # one batch of updates, retries included; then the next batch
+GITHUB_FLUSH = timedelta(seconds=60)  # how long a finished run waits for GitHub to take its last updates
+GITHUB_STATE = {"succeeded": "success", "failed": "failure", "rejected": "failure"}  # else: error
+DEPLOYMENT_STATE = {"succeeded": "success", "failed": "failure"}  # else (rejected, cancelled, timed out): error
 
 
 class RunFailure(Exception):
@@ -95,11 +105,17 @@ class CommitRun:
         self._search_attributes: dict[str, str] = {}
         self._notifications: list[asyncio.Future[None]] = []
         self._v2 = False
+        self._gh = False
+        self._gh_queue: list[GitHubUpdate] = []
+        self._gh_sender: asyncio.Future[None] | None = None
+        self._gh_deployment_id: int | None = None
+        self._gh_deployment_opened = False
 
     # -- the run ---------------------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: CommitRunInput) -> RunStatus:
         self._v2 = workflow.patched(GATES_PATCH)
+        self._gh = bool(inp.link.github) and workflow.patched(GITHUB_PATCH)
         try:
             self._set(status="running", phase="checkout" if inp.rollback is None else "ROLLBACK")
             plan = self._rollback_plan(inp.rollback) if inp.rollback else await workflow.execute_activity_method(
@@ -112,6 +128,8 @@ class CommitRun:
                            shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
                 for p in plan.phases
             ]
+            for p in self._status.phases:
+                self._github_status(p, "pending", "queued")
             for phase, state in zip(plan.phases, self._status.phases):
                 if phase.type == PhaseType.EXECUTION:
                     await self._execute(phase, state, plan)
@@ -137,6 +155,7 @@ class CommitRun:
             raise
         finally:
             await self._flush_notifications()
+            await self._flush_github()
 
     def _rollback_plan(self, rollback: RollbackSpec) -> RunPlan:
         service = ServiceDescription(name=rollback.service, docker_image=rollback.image, fields={"Name": rollback.service})
@@ -323,6 +342,70 @@ class CommitRun:
             summary += f" | {st.error}"
         workflow.upsert_memo({"summary": summary, "decisions": decisions})
 
+    # -- GitHub: statuses and deployments, in order, in the background ---------------------------------
+    def _github_status(self, state: PhaseState, gh_state: str, description: str) -> None:
+        context = f"katkit/{self._status.tenant}/{state.name}"
+        self._github(GitHubUpdate(kind="status", context=context, state=gh_state, description=description))
+
+    def _github_phase_started(self, state: PhaseState, run_state: str) -> None:
+        if not self._gh:
+            return
+        if run_state == "awaiting_approval":
+            who = ", ".join(self._inp.tenant.approval.approvers) or "an approver"
+            self._github_status(state, "pending", f"awaiting approval by {who}")
+        elif run_state == "wait_timer":
+            self._github_status(state, "pending", f"wait timer until {self._status.approval.deploy_not_before:%Y-%m-%d %H:%M} UTC")
+        else:
+            self._github_status(state, "pending", "deploying" if run_state == "deploying" else "running")
+        if state.type == PhaseType.DEPLOYMENT:
+            tenant = self._inp.tenant
+            if not self._gh_deployment_opened:
+                self._gh_deployment_opened = True
+                env = tenant.github_environment
+                self._github(GitHubUpdate(kind="deployment", environment=env, production=tenant.env.upper() in ("PROD", "PRODUCTION"),
+                                          description=f"{self._status.repo}@{self._status.sha[:12]} -> {tenant.name} by {self._status.started_by}"))
+                self._github(GitHubUpdate(kind="deployment_status", state="queued", environment=env,
+                                          description="awaiting approval" if run_state == "awaiting_approval" else "queued"))
+            if run_state == "deploying":
+                self._github(GitHubUpdate(kind="deployment_status", state="in_progress", environment=tenant.github_environment,
+                                          description="deploying"))
+
+    def _github_phase_ended(self, state: PhaseState, end_state: str, message: str) -> None:
+        if not self._gh:
+            return
+        self._github_status(state, GITHUB_STATE.get(end_state, "error"), message or end_state)
+        if state.type == PhaseType.DEPLOYMENT and self._gh_deployment_opened:
+            self._github(GitHubUpdate(kind="deployment_status", state=DEPLOYMENT_STATE.get(end_state, "error"),
+                                      environment=self._inp.tenant.github_environment, description=message or end_state))
+
+    def _github(self, update: GitHubUpdate) -> None:
+        """Queue an update; one sender sends the queue in order, so a retried update never overtakes a later one."""
+        if not self._gh:
+            return
+        self._gh_queue.append(update)
+        if self._gh_sender is None or self._gh_sender.done():
+            self._gh_sender = asyncio.ensure_future(self._send_github())
+
+    async def _send_github(self) -> None:
+        while self._gh_queue:
+            batch, self._gh_queue = self._gh_queue, []
+            try:
+                result: GitHubReportResult = await workflow.execute_activity_method(
+                    KatkitActivities.github_report,
+                    GitHubReportInput(link=self._inp.link, sha=self._status.sha, run_id=self._status.run_id,
+                                      execution=workflow.info().run_id, updates=batch, deployment_id=self._gh_deployment_id),
+                    start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=GITHUB_BATCH_BUDGET,
+                    retry_policy=GITHUB_RETRY, summary=f"GitHub: {len(batch)} update(s)",
+                )
+                self._gh_deployment_id = result.deployment_id
+            except ActivityError as exc:  # GitHub down for the whole budget: the run goes on, the batch is dropped
+                cause = exc.cause.message if isinstance(exc.cause, FailureError) else str(exc)
+                workflow.logger.warning("GitHub updates given up: %s", cause)
+
+    async def _flush_github(self) -> None:
+        if self._gh_sender is not None and not self._gh_sender.done():
+            await workflow.wait([self._gh_sender], timeout=GITHUB_FLUSH.total_seconds())
+
     # -- status and search attributes --------------------------------------------------------------------
     def _set(self, *, status: str | None = None, phase: str | None = None) -> None:
         """Change the run's status/phase and keep KatkitStatus/KatkitPhase (one upsert, only what changed)."""
@@ -345,14 +428,17 @@ class CommitRun:
     def _start_phase(self, state: PhaseState, run_state: str) -> None:
         state.state, state.started_at = run_state, state.started_at or workflow.now()
         self._set(status=run_state if run_state in ("awaiting_approval", "deploying") else "running", phase=state.name)
+        self._github_phase_started(state, run_state)
 
     def _end_phase(self, state: PhaseState, end_state: str, message: str = "") -> None:
         state.state, state.ended_at, state.message = end_state, workflow.now(), message
+        self._github_phase_ended(state, end_state, message)
 
     def _finish(self, status: str, error: str = "") -> None:
         for p in self._status.phases:
             if p.state == "pending":
                 p.state = "skipped"
+                self._github_status(p, "error", f"not run: the run {status}")
             elif p.ended_at is None and p.started_at is not None:  # cancelled at the gate or while deploying
                 self._end_phase(p, status)
         self._status.approval.awaiting = False

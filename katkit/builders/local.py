@@ -23,6 +23,7 @@ from pathlib import Path
 from katkit import agent
 from katkit.builders import BuilderSpec, BuilderState
 from katkit.errors import InfraError
+from katkit.gitrepo import is_remote
 
 STOP_GRACE_S = 5.0
 START_GRACE_S = 10.0
@@ -76,6 +77,8 @@ class LocalBuilder:
         env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
         env.update(HOME=str(d), **spec.env)
         body = spec.model_dump(mode="json", exclude={"env"}) | {"env": env, "workspace": str(d / "workspace")}
+        if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
+            body["repo_url"] = spec.mirror_path
         (d / "spec.json.tmp").write_text(json.dumps(body))
         os.replace(d / "spec.json.tmp", d / "spec.json")
         if (d / "workspace").exists():  # a start that crashed half-way: begin clean

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -19,14 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from katkit.agent import credential_args
 from katkit.config import Settings, parse_config
-from katkit.errors import BadInput, ConfigError, InfraError, RefNotFound
+from katkit.errors import BadInput, ConfigError, InfraError, RefNotFound, RunFailed
 from katkit.models import RunStatus
 from katkit.sample import commit_files
 from starter.api import Katkit
 from starter.webhook import Deliveries, WebhookApp, serve
-from tests.conftest import cli_env, wait_for
+from tests.conftest import cli_env, status_is, wait_for
 from tests.fake_github import FakeGitHub
 from tests.test_replay import HISTORIES, assert_replays
 
@@ -61,7 +61,7 @@ def gh_config_yaml(fake_gh: FakeGitHub) -> str:
     return f"""
 tenants:
   - {{name: d-app, env: DEV, github: {{auto_trigger: true, pull_requests: true, token_to_builder: true}}}}
-  - {{name: b-app, env: BETA}}
+  - {{name: b-app, env: BETA, approval: {{required: true, approvers: [bob]}}}}
 github: {{api_url: "{fake_gh.api_url}"}}
 links:
   - {{repo: app, url: "{fake_gh.git_url(FULL)}", github: {FULL}, branch: main, tenants: [d-app, b-app]}}
@@ -123,7 +123,16 @@ def assert_no_token(*texts: str) -> None:
 
 
 async def test_run_sets_statuses_and_deployments_in_order_and_the_token_stays_secret(
-        gh_kk: Katkit, gh_worker, fake_gh: FakeGitHub, work: Path, gh_settings: Settings) -> None:
+        gh_kk: Katkit, gh_worker, fake_gh: FakeGitHub, work: Path, gh_settings: Settings, monkeypatch, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    argv: list[str] = []  # every process katkit starts in this process (git, the agent): its arguments
+    popen_init = subprocess.Popen.__init__
+
+    def spy(self, args, *a, **kw):
+        argv.append(" ".join(map(str, args)) if isinstance(args, (list, tuple)) else str(args))
+        popen_init(self, args, *a, **kw)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", spy)
     sha1 = fake_gh.repos[FULL].branches["main"]
     handle = await gh_kk.start_run("d-app", "app", branch="main", by="alice")
     assert handle.sha == sha1
@@ -163,18 +172,32 @@ async def test_run_sets_statuses_and_deployments_in_order_and_the_token_stays_se
     histories = [h.to_json() for h in recorded]
     files = [p.read_bytes().decode(errors="replace") for p in gh_settings.home.rglob("*") if p.is_file()]
     assert_no_token(*histories, *files)
-    args = credential_args(TOKEN)
-    assert args and TOKEN not in " ".join(args)  # git gets the token from its environment, never its arguments
+    assert any("credential.helper=!f()" in a and "clone" in a for a in argv)  # git asked the helper ...
+    assert_no_token(*argv)  # ... which reads the token from git's environment, never its arguments
+    assert caplog.records  # the worker's and starter's logs were captured ...
+    assert_no_token(caplog.text, *(str(r.msg) for r in caplog.records))  # ... and hold no token
 
 
-async def test_a_tenant_that_did_not_ask_gets_no_token_and_a_rejected_deploy_reads_as_an_error(
+async def test_a_tenant_that_did_not_ask_gets_no_token_and_a_rejected_deploy_reads_as_failed(
         gh_kk: Katkit, gh_worker, fake_gh: FakeGitHub, work: Path) -> None:
     handle = await gh_kk.start_run("b-app", "app", branch="main", by="alice")
-    st = await finished(gh_kk, handle.run_id)
-    assert st.status == "succeeded"
+    await wait_for(lambda: status_is(gh_kk, handle.run_id, "awaiting_approval"))
+    await wait_for(lambda: ("deployment_status", "queued") in [(w[0], w[2]) for w in writes(fake_gh)])
+    await gh_kk.reject(handle.run_id, "bob", "not today")
+    with pytest.raises(RunFailed, match="rejected by bob: not today"):
+        await gh_kk.wait(handle.run_id)
+    dep = str(fake_gh.repos[FULL].deployments[0]["id"])
+    assert writes(fake_gh) == [
+        ("status", "katkit/b-app/BUILD", "pending"), ("status", "katkit/b-app/DEPLOY", "pending"),
+        ("status", "katkit/b-app/BUILD", "pending"), ("status", "katkit/b-app/BUILD", "success"),
+        ("status", "katkit/b-app/DEPLOY", "pending"),
+        ("deployment", "b-app", handle.sha[:12]), ("deployment_status", dep, "queued"),
+        ("status", "katkit/b-app/DEPLOY", "failure"), ("deployment_status", dep, "error"),
+    ]
+    descriptions = [s["description"] for s in fake_gh.repos[FULL].statuses]
+    assert descriptions[4] == "awaiting approval by bob" and descriptions[-1] == "rejected by bob: not today"
     logs = "".join([data.decode() async for _, data in gh_kk.follow_logs(handle.run_id, "BUILD", False)])
     assert "token absent" in logs
-    assert ("deployment", "b-app", handle.sha[:12]) in writes(fake_gh)
 
 
 async def test_prs_and_refs_resolve_through_the_api(gh_kk: Katkit, gh_worker, fake_gh: FakeGitHub, work: Path,

@@ -365,3 +365,36 @@ links:
         ("team/c", "https://ghe.example.com/api/v3"), (None, None)]
     with pytest.raises(ConfigError, match="unknown key 'tenants.0.github.auto_trigered'"):
         parse_config("tenants: [{name: t, env: DEV, github: {auto_trigered: true}}]\n")
+
+
+async def test_katkit_webhook_command_serves_signed_deliveries(gh_worker, gh_kk: Katkit, fake_gh: FakeGitHub,
+                                                               gh_settings: Settings, tmp_path: Path) -> None:
+    import asyncio
+    import socket
+
+    config = tmp_path / "gh.yaml"
+    config.write_text(gh_config_yaml(fake_gh))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**cli_env(gh_settings, config), "KATKIT_GITHUB_TOKEN": TOKEN, "KATKIT_GITHUB_WEBHOOK_SECRET": SECRET}
+    proc = subprocess.Popen([*KATKIT, "webhook", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert "listening on http://127.0.0.1:" in await asyncio.to_thread(proc.stdout.readline)
+        sha = fake_gh.repos[FULL].branches["main"]
+        push = json.dumps({"ref": "refs/heads/main", "after": sha, "repository": {"full_name": FULL},
+                           "pusher": {"name": "dave"}}).encode()
+        url = f"http://127.0.0.1:{port}/"
+        code, _ = await asyncio.to_thread(post, url, push, {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1",
+                                                            "X-Hub-Signature-256": signed(push, "nope")})
+        assert code == 401
+        code, body = await asyncio.to_thread(post, url, push, {"X-GitHub-Event": "push", "X-GitHub-Delivery": "d-1",
+                                                               "X-Hub-Signature-256": signed(push)})
+        assert code == 202 and len(body["started"]) == 1
+        assert (await finished(gh_kk, body["started"][0])).status == "succeeded"
+        assert (gh_settings.home / "webhook-deliveries.sqlite3").exists()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    assert TOKEN not in err and SECRET not in err

@@ -74,8 +74,8 @@ class LocalBuilder:
         if (d / "pid").exists() or (d / "exit.json").exists():
             return False
         d.mkdir(parents=True, exist_ok=True)
-        env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
-        env.update(HOME=str(d), **spec.env)
+        base_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
+        env = {**base_env, "HOME": str(d), **spec.env}
         body = spec.model_dump(mode="json", exclude={"env"}) | {"env": env, "workspace": str(d / "workspace")}
         if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
             body["repo_url"] = spec.mirror_path
@@ -87,7 +87,8 @@ class LocalBuilder:
         # the agent leads a session of its own, so it outlives this worker and killing its group stops ci.sh
         try:
             proc = subprocess.Popen(agent.command(d), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd=d)
+                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd=d,
+                                    env=env)  # ci.sh's own, not the worker's environment: no tokens, no cloud keys
         except OSError as exc:
             raise InfraError(f"local builder {spec.name} did not start: {exc}") from exc
         _children[proc.pid] = proc

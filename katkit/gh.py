@@ -68,7 +68,7 @@ class GitHubRepo:
         self.home_branch = link.branch
         self._gh = Github(auth=Auth.Token(token) if token else None, base_url=self.api_url,
                           timeout=TIMEOUT_S, retry=None, lazy=True)  # retries are Temporal's, with backoff
-        self.repo: Repository = self._gh.get_repo(self.full_name, lazy=True)
+        self.repo: Repository = self._gh.get_repo(self.full_name)  # lazy client: no request until a call needs one
 
     @contextmanager
     def _calling(self, what: str) -> Iterator[None]:

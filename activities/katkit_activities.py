@@ -80,9 +80,11 @@ def translate_errors(fn: F) -> F:
 def contract_env(inp: ShardInput, github_token: str | None = None) -> dict[str, str]:
     """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win).
 
-    The worker's GitHub token only when the tenant asks for it (``github.token_to_builder``).
+    The worker's GitHub token only when the tenant asks for it (``github.token_to_builder``) and the link is
+    on GitHub: a builder that clones another host never has it.
     """
-    secret = {"GITHUB_TOKEN": github_token} if github_token and inp.tenant.github.token_to_builder else {}
+    token = inp.link.github_token(github_token) if inp.tenant.github.token_to_builder else None
+    secret = {"GITHUB_TOKEN": token} if token else {}
     return {
         **inp.phase.build_params,
         "KATKIT_SHA": inp.sha,
@@ -128,8 +130,7 @@ class KatkitActivities:
                 self.github_report]
 
     def _token(self, link: LinkConfig) -> str | None:
-        """The GitHub token, for GitHub links only: never offered to another host."""
-        return self._github_token if link.github else None
+        return link.github_token(self._github_token)
 
     def _run_url(self, run_id: str) -> str:
         ns = activity.info().workflow_namespace

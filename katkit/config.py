@@ -135,6 +135,10 @@ class LinkConfig(Strict):
                                description="owner/name on GitHub; default: taken from a url on one of github.hosts")
     github_api_url: str | None = Field(None, description="the REST API of that GitHub; default: github.api_url")
 
+    def github_token(self, token: str | None) -> str | None:
+        """The worker's GitHub token for this link: only a GitHub link gets it, never another host."""
+        return token if self.github else None
+
 
 class GitHubConfig(Strict):
     api_url: str = Field("https://api.github.com", description="GitHub Enterprise: https://HOST/api/v3")

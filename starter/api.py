@@ -159,8 +159,7 @@ class Katkit:
         return CommitRunInput(tenant=tenant_cfg, link=link, sha=full, ref=ref, started_by=by or getpass.getuser())
 
     def _token(self, link: LinkConfig) -> str | None:
-        """The GitHub token, for GitHub links only: never offered to another host."""
-        return self.settings.github_token if link.github else None
+        return link.github_token(self.settings.github_token)
 
     def pull_requests(self, repo: str) -> list[PullInfo]:
         """Open PRs against the link's home branch, newest first (runs are filled in by ``prs``)."""

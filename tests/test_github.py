@@ -16,13 +16,15 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
+from activities.katkit_activities import contract_env
 from katkit.config import Settings, parse_config
 from katkit.errors import BadInput, ConfigError, InfraError, RefNotFound, RunFailed
-from katkit.models import RunStatus
+from katkit.models import Phase, PhaseType, RunStatus, ShardInput
 from katkit.sample import commit_files
 from starter.api import Katkit
 from starter.webhook import Deliveries, WebhookApp, serve
@@ -365,6 +367,24 @@ links:
         ("team/c", "https://ghe.example.com/api/v3"), (None, None)]
     with pytest.raises(ConfigError, match="unknown key 'tenants.0.github.auto_trigered'"):
         parse_config("tenants: [{name: t, env: DEV, github: {auto_trigered: true}}]\n")
+
+
+def test_the_token_reaches_a_builder_only_for_github_links() -> None:
+    cfg = parse_config("""
+tenants: [{name: t, env: DEV, github: {token_to_builder: true}}, {name: u, env: DEV}]
+links:
+  - {repo: a, url: "https://github.com/acme/a.git", tenants: [t, u]}
+  - {repo: d, url: "https://git.example.com/team/d.git", tenants: [t]}
+""")
+    def env(tenant: str, repo: str) -> dict[str, str]:
+        inp = ShardInput(run_id="r", attempt_key="x", tenant=cfg.tenant(tenant), link=cfg.link(repo), sha="0" * 40,
+                         phase=Phase(name="BUILD", type=PhaseType.EXECUTION), shard_index=0,
+                         deadline=datetime.now(timezone.utc))
+        return contract_env(inp, TOKEN)
+
+    assert env("t", "a")["GITHUB_TOKEN"] == TOKEN
+    assert "GITHUB_TOKEN" not in env("u", "a")  # the tenant did not ask for it
+    assert "GITHUB_TOKEN" not in env("t", "d")  # another host never gets the GitHub token
 
 
 async def test_katkit_webhook_command_serves_signed_deliveries(gh_worker, gh_kk: Katkit, fake_gh: FakeGitHub,

@@ -9,8 +9,7 @@ resolves).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, TypeVar
 
@@ -70,18 +69,14 @@ class GitHubRepo:
                           timeout=TIMEOUT_S, retry=None, lazy=True)  # retries are Temporal's, with backoff
         self.repo: Repository = self._gh.get_repo(self.full_name)  # lazy client: no request until a call needs one
 
-    @contextmanager
-    def _calling(self, what: str) -> Iterator[None]:
+    def call(self, what: str, fn: Callable[[], T]) -> T:
+        """``fn()``, with any GitHub or transport failure turned into one katkit error line about ``what``."""
         try:
-            yield
+            return fn()
         except KatkitError:
             raise
         except Exception as exc:  # noqa: BLE001 - translated to one line below
             raise _translate(exc, self.api_url, what) from None
-
-    def call(self, what: str, fn: Callable[[], T]) -> T:
-        with self._calling(what):
-            return fn()
 
     # -- refs and pull requests ------------------------------------------------------------------------
     def branch_sha(self, branch: str) -> str:

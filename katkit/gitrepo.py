@@ -19,6 +19,7 @@ from katkit.agent import credential_args
 from katkit.errors import ConfigError, InfraError, RefNotFound
 
 _SHA = re.compile(r"^[0-9a-f]{4,40}$")
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:owner/repo
 GIT_TIMEOUT_S = 300
 
 
@@ -42,12 +43,12 @@ def _git(*args: str, cwd: Path | None = None, check: bool = True, token: str | N
 
 def is_remote(url: str) -> bool:
     """A URL git reaches over the network (it may need credentials), not a path on this host."""
-    return url.startswith(("http://", "https://", "ssh://", "git://")) or bool(re.match(r"^[\w.-]+@[\w.-]+:", url))
+    return url.startswith(("http://", "https://", "ssh://", "git://")) or bool(_SCP_LIKE.match(url))
 
 
 def normalize_url(url: str) -> str:
     """A local path becomes an absolute path; URLs are kept."""
-    if "://" in url or re.match(r"^[\w.-]+@[\w.-]+:", url):
+    if "://" in url or _SCP_LIKE.match(url):
         return url
     return str(Path(url).expanduser().resolve())
 

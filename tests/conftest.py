@@ -4,6 +4,7 @@ a sample repository and an in-process worker on a task queue of the test's own."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -83,11 +84,18 @@ async def kk(client: Client, settings: Settings, config: KatkitConfig) -> Katkit
     return Katkit(client, settings, config)
 
 
-@pytest.fixture
-async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
-    with ThreadPoolExecutor(max_workers=20) as pool:
+@contextlib.asynccontextmanager
+async def in_process_worker(client: Client, settings: Settings, threads: int = 20) -> AsyncIterator[None]:
+    """A katkit worker for ``settings`` running in the test's own process until the block ends."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
         async with build_worker(client, settings, pool):
             yield
+
+
+@pytest.fixture
+async def worker(client: Client, settings: Settings) -> AsyncIterator[None]:
+    async with in_process_worker(client, settings):
+        yield
 
 
 def cli_env(settings: Settings, config_file: Path) -> dict[str, str]:

@@ -28,7 +28,7 @@ from katkit.errors import RunFailed
 from katkit.logstore import S3LogStore
 from katkit.sample import commit_files
 from starter.api import Katkit
-from tests.conftest import wait_for
+from tests.conftest import in_process_worker, wait_for
 from tests.test_worker_crash import start_worker
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
@@ -389,16 +389,12 @@ async def test_missing_ecr_image_is_one_line(client, settings: Settings, repo: P
 
 async def test_s3_log_store_is_read_from_another_machine(client, settings: Settings, repo: Path, aws_world,
                                                         tenant: str, home: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from worker import build_worker
-
     aws_client("s3", REGION).create_bucket(Bucket="katkit-logs")
     s3_settings = settings.model_copy(update={"log_store": "s3://katkit-logs/runs"})
     sha = commit_files(repo, files(phase("BUILD", 1)))
     lines = [f"line {i}" for i in range(50)]
-    with ThreadPoolExecutor(8) as pool, FakeEcsAgent("katkit-builders", lambda env: Outcome(lines=lines)):
-        async with build_worker(client, s3_settings, pool):
+    with FakeEcsAgent("katkit-builders", lambda env: Outcome(lines=lines)):
+        async with in_process_worker(client, s3_settings, threads=8):
             kk = Katkit(client, s3_settings, ecs_config(repo, aws_world, tenant))
             st = await kk.wait((await kk.start_run(tenant, "app", sha=sha, by="bob")).run_id)
     elsewhere = Katkit(client, s3_settings, ecs_config(repo, aws_world, tenant), log_store=S3LogStore("s3://katkit-logs/runs"))

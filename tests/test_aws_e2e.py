@@ -19,16 +19,13 @@ from katkit.config import parse_config
 from katkit.logstore import S3LogStore
 from katkit.sample import commit_files
 from starter.api import Katkit
+from tests.conftest import in_process_worker
 
 pytestmark = pytest.mark.skipif(os.environ.get("KATKIT_AWS_E2E") != "1",
                                 reason="opt-in: set KATKIT_AWS_E2E=1 with real AWS credentials")
 
 
 async def test_a_phase_runs_on_ecs_and_its_log_lands_in_s3(client, settings, tmp_path: Path) -> None:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from worker import build_worker
-
     repo = tmp_path / "repo"
     sha = commit_files(repo, {"ci.sh": "echo hello from ECS\n"})
     url = os.environ["KATKIT_E2E_REPO_URL"] if "KATKIT_E2E_REPO_URL" in os.environ else str(repo)
@@ -44,9 +41,8 @@ links:
 """)
     store = f"s3://{os.environ['KATKIT_E2E_BUCKET']}/katkit-e2e-{uuid.uuid4().hex[:8]}"
     s3_settings = settings.model_copy(update={"log_store": store})
-    with ThreadPoolExecutor(4) as pool:
-        async with build_worker(client, s3_settings, pool):
-            kk = Katkit(client, s3_settings, cfg)
-            st = await kk.wait((await kk.start_run("e2e", "e2e", sha=sha, by="e2e")).run_id)
+    async with in_process_worker(client, s3_settings, threads=4):
+        kk = Katkit(client, s3_settings, cfg)
+        st = await kk.wait((await kk.start_run("e2e", "e2e", sha=sha, by="e2e")).run_id)
     assert st.status == "succeeded"
     assert b"hello from ECS" in S3LogStore(store).read(st.phases[0].shards[0].log_key)

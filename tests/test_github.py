@@ -28,7 +28,7 @@ from katkit.models import Phase, PhaseType, RunStatus, ShardInput
 from katkit.sample import commit_files
 from starter.api import Katkit
 from starter.webhook import Deliveries, WebhookApp, serve
-from tests.conftest import cli_env, status_is, wait_for
+from tests.conftest import cli_env, in_process_worker, status_is, wait_for
 from tests.fake_github import FakeGitHub
 from tests.test_replay import HISTORIES, assert_replays
 
@@ -82,13 +82,8 @@ async def gh_kk(client, gh_settings: Settings, fake_gh: FakeGitHub, work: Path) 
 
 @pytest.fixture
 async def gh_worker(client, gh_settings: Settings):
-    from concurrent.futures import ThreadPoolExecutor
-
-    from worker import build_worker
-
-    with ThreadPoolExecutor(max_workers=20) as pool:
-        async with build_worker(client, gh_settings, pool):
-            yield
+    async with in_process_worker(client, gh_settings):
+        yield
 
 
 async def finished(kk: Katkit, run_id: str) -> RunStatus:

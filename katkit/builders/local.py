@@ -154,8 +154,7 @@ class LocalBuilder:
         except FileNotFoundError:
             return b""
 
-    def _stop(self, name: str) -> None:
-        pid = self._pid(name)
+    def _stop(self, name: str, pid: int | None) -> None:
         if pid is None or not self._alive(name, pid):
             return
         for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 2.0)):
@@ -172,7 +171,7 @@ class LocalBuilder:
     def remove(self, name: str) -> None:
         """Stop the agent; the builder is gone as soon as its directory moves to the trash (deleted in the background)."""
         pid = self._pid(name)
-        self._stop(name)
+        self._stop(name, pid)
         if pid is not None and (proc := _children.pop(pid, None)) is not None:
             proc.poll()  # reaped; one that somehow lives on is reaped by subprocess once it exits
         trash = self.root.with_name(f"{self.root.name}.removed")  # deleted from there off the phase's critical path

@@ -203,6 +203,7 @@ async def test_prs_and_refs_resolve_through_the_api(gh_kk: Katkit, gh_worker, fa
     fake_gh.push(FULL, work, "HEAD:refs/pull/7/head")
     fake_gh.add_pull(FULL, 7, pr_sha, author="carol", title="add a feature")
     fake_gh.add_pull(FULL, 8, pr_sha, base="develop")
+    fake_gh.add_pull(FULL, 9, pr_sha, state="closed")
     pulls = await gh_kk.prs("app")
     assert [(p.number, p.sha, p.author, p.runs) for p in pulls] == [(7, pr_sha, "carol", {})]
 
@@ -215,6 +216,8 @@ async def test_prs_and_refs_resolve_through_the_api(gh_kk: Katkit, gh_worker, fa
 
     with pytest.raises(BadInput, match="not the link's home branch"):
         await gh_kk.start_run("d-app", "app", pr=8)
+    with pytest.raises(BadInput, match="pull request #9 of acme/app is closed; pick an open one"):
+        await gh_kk.start_run("d-app", "app", pr=9)
     with pytest.raises(RefNotFound, match="pull request #99 of acme/app was not found"):
         await gh_kk.start_run("d-app", "app", pr=99)
     with pytest.raises(RefNotFound, match="branch 'nope'"):
@@ -249,18 +252,22 @@ async def test_github_down_never_blocks_a_run_and_fails_a_start_with_one_line(
     build = st.phases[0]
     assert (build.ended_at - build.started_at).total_seconds() < 5  # the phase did not wait for GitHub
 
+    first = await gh_kk.client.get_workflow_handle(handle.run_id).describe()
     fake_gh.fail_next = [(503, {})]
     with pytest.raises(InfraError, match="answered 503"):
         await gh_kk.start_run("d-app", "app", branch="main")
     config = tmp_path / "gh.yaml"
     config.write_text(gh_config_yaml(fake_gh))
-    for fail, code, line in (((502, {}), 1, "answered 502"), ((401, {}), 2, "refused the token")):
+    for fail, code, line in (((502, {}), 1, "answered 502"), ((401, {}), 2, "refused the token"),
+                             ((403, {"X-RateLimit-Remaining": "0"}), 1, "is rate-limiting katkit")):
         fake_gh.fail_next = [fail]
         proc = subprocess.run([*KATKIT, "run", "--tenant", "d-app", "--repo", "app",
                                "--branch", "main"], env={**cli_env(gh_settings, config), "KATKIT_GITHUB_TOKEN": TOKEN},
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == code and line in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert TOKEN not in proc.stderr
+    latest = await gh_kk.client.get_workflow_handle(handle.run_id).describe()
+    assert latest.run_id == first.run_id  # no failed start left a new execution of the run
 
 
 async def test_clone_without_the_token_is_refused_with_one_line(client, settings: Settings, fake_gh: FakeGitHub,

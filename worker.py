@@ -17,6 +17,7 @@ from activities import KatkitActivities
 from katkit.config import Settings, load_settings
 from katkit.log import configure_logging, get_logger
 from katkit.logstore import log_store_for
+from katkit.preload import import_sdks
 from katkit.reaper import reap_forever
 from katkit.temporal import connect, ensure_search_attributes
 from workflows import CommitRun, DeployLock, Promotion
@@ -26,6 +27,7 @@ log = get_logger("katkit.worker")
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor, task_queue: str | None = None) -> Worker:
+    import_sdks()  # here, on one thread: activity threads importing a heavy SDK together can see it half-made
     activities = KatkitActivities(settings.home, log_store_for(settings), client=client, executor=executor,
                                   lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url,
                                   github_token=settings.github_token)

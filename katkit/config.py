@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
+                      model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from katkit.errors import ConfigError, UnknownName
+from katkit.errors import ConfigError, UnknownName, did_you_mean
+from katkit.names import NAME_RULE, is_safe_name
 
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
@@ -37,6 +39,26 @@ def parse_duration(value: Any) -> Any:
 
 
 Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _safe_name(value: str) -> str:
+    if not is_safe_name(value):
+        raise ValueError(f"{value!r} is not a valid name; use {NAME_RULE}")
+    return value
+
+
+SafeName = Annotated[str, AfterValidator(_safe_name)]
+"""A name that becomes part of paths, container names, labels, lock ids and workflow ids."""
+
+
+def _safe_folder(value: str) -> str:
+    """A folder inside the repository: relative, no '..', no empty or '.' parts (symlinks are checked at the sha)."""
+    parts = value.strip("/").split("/") if value.strip("/") else []
+    if value.startswith("/") or value.startswith("~") or any(p in ("", ".", "..") for p in parts) or "\0" in value \
+            or "\\" in value:
+        raise ValueError(f"{value!r} is not a folder inside the repository; give a relative path such as "
+                         "'services/api' (no leading '/', no '..'), or \"\" for the repository root")
+    return "/".join(parts)
 
 
 class Strict(BaseModel):
@@ -107,7 +129,7 @@ class TenantGitHub(Strict):
 
 
 class TenantConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    name: SafeName
     env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
     platform: Literal["docker", "ecs", "local"] = "local"
     builder: Literal["docker", "ecs", "local"] = "local"
@@ -126,14 +148,20 @@ class TenantConfig(Strict):
 
 
 class LinkConfig(Strict):
-    repo: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    repo: SafeName
     url: str
     branch: str = "main"
-    folder: str = ""
+    folder: Annotated[str, AfterValidator(_safe_folder)] = ""
     tenants: list[str] = Field(default_factory=list)
     github: str | None = Field(None, pattern=r"^[\w.-]+/[\w.-]+$",
                                description="owner/name on GitHub; default: taken from a url on one of github.hosts")
     github_api_url: str | None = Field(None, description="the REST API of that GitHub; default: github.api_url")
+    _index: int | None = PrivateAttr(None)  # where katkit.yaml lists it, for errors found later (not serialised)
+
+    @property
+    def folder_key(self) -> str:
+        """How an error names this link's folder: ``katkit.yaml: links.N.folder``."""
+        return f"katkit.yaml: links.{self._index}.folder" if self._index is not None else f"katkit.yaml: link {self.repo!r} folder"
 
     def github_token(self, token: str | None) -> str | None:
         """The worker's GitHub token for this link: only a GitHub link gets it, never another host."""
@@ -153,7 +181,8 @@ class KatkitConfig(Strict):
     @model_validator(mode="after")
     def _github_links(self) -> KatkitConfig:
         """A link on a GitHub host is a GitHub repo: owner/name from its url, the API from ``github.api_url``."""
-        for link in self.links:
+        for index, link in enumerate(self.links):
+            link._index = index
             if link.github is None:
                 m = re.match(r"^(?:https?://(?:[^@/]+@)?|ssh://git@|git@)([^/:]+)(?::\d+)?[/:]([\w.-]+)/([\w.-]+?)(?:\.git)?/?$",
                              link.url)
@@ -179,8 +208,9 @@ class KatkitConfig(Strict):
         for t in self.tenants:
             if t.name == name:
                 return t
-        known = ", ".join(t.name for t in self.tenants) or "none"
-        raise UnknownName(f"unknown tenant {name!r} (known: {known}); add it to katkit.yaml under tenants")
+        names = [t.name for t in self.tenants]
+        raise UnknownName(f"unknown tenant {name!r}{did_you_mean(name, names)} (known: {', '.join(names) or 'none'}); "
+                          "add it to katkit.yaml under tenants")
 
     def link(self, repo: str, tenant: str | None = None) -> LinkConfig:
         for link in self.links:
@@ -191,8 +221,9 @@ class KatkitConfig(Strict):
                         "add the tenant to the link's tenants in katkit.yaml"
                     )
                 return link
-        known = ", ".join(link.repo for link in self.links) or "none"
-        raise UnknownName(f"unknown repo {repo!r} (known: {known}); add it to katkit.yaml under links")
+        repos = [link.repo for link in self.links]
+        raise UnknownName(f"unknown repo {repo!r}{did_you_mean(repo, repos)} (known: {', '.join(repos) or 'none'}); "
+                          "add it to katkit.yaml under links")
 
 
 def _first_error(exc: ValidationError, source: str) -> ConfigError:
@@ -208,9 +239,12 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        at = f" at line {line + 1}" if line is not None else ""
-        raise ConfigError(f"{source}: not valid YAML{at}; fix the syntax") from None
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+        context = " ".join(str(getattr(exc, "context", None) or "").split())
+        what = f"{problem} ({context})" if context and context != problem else problem
+        raise ConfigError(f"{source}: not valid YAML{at}: {what}; fix the syntax") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'tenants' and 'links' at the top level")
     try:
@@ -219,17 +253,33 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
         raise _first_error(exc, source) from None
 
 
+class NoConfigFound(ConfigError):
+    """No katkit.yaml was named and none is in the usual places."""
+
+
+def _read_config(path: Path) -> KatkitConfig:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save katkit.yaml as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror}); check its permissions") from None
+    return parse_config(text, str(path))
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> KatkitConfig:
     """Read katkit.yaml from ``path``, else ``$KATKIT_CONFIG``, else ``./katkit.yaml``, else the katkit home's."""
-    candidates = [path, os.environ.get("KATKIT_CONFIG")] if path or os.environ.get("KATKIT_CONFIG") else [
-        "katkit.yaml",
-        Settings().home / "katkit.yaml",
-    ]
+    explicit = path or os.environ.get("KATKIT_CONFIG")
+    if explicit:
+        if not Path(explicit).is_file():
+            raise ConfigError(f"katkit.yaml not found: {explicit}; check the path (--config or KATKIT_CONFIG)")
+        return _read_config(Path(explicit))
+    candidates = ["katkit.yaml", Settings().home / "katkit.yaml"]
     for c in candidates:
-        if c and Path(c).is_file():
-            return parse_config(Path(c).read_text(), str(c))
-    tried = ", ".join(str(c) for c in candidates if c)
-    raise ConfigError(f"no katkit.yaml found (tried {tried}); pass --config PATH or run 'katkit demo' to make one")
+        if Path(c).is_file():
+            return _read_config(Path(c))
+    tried = ", ".join(str(c) for c in candidates)
+    raise NoConfigFound(f"no katkit.yaml found (tried {tried}); pass --config PATH or run 'katkit demo' to make one")
 
 
 class Settings(BaseSettings):

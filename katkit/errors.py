@@ -58,3 +58,11 @@ class RunFailed(KatkitError):
     """The run failed, was rejected or was cancelled."""
 
     exit_code = 1
+
+
+def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

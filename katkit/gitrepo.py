@@ -23,14 +23,16 @@ _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@host:owner/repo
 GIT_TIMEOUT_S = 300
 
 
-def _git(*args: str, cwd: Path | None = None, check: bool = True, token: str | None = None) -> subprocess.CompletedProcess[str]:
+def _git(*args: str, cwd: Path | None = None, check: bool = True, token: str | None = None,
+         stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
     env.pop("KATKIT_GITHUB_TOKEN", None)
     if token:
         env["KATKIT_GIT_TOKEN"] = token
     try:
         proc = subprocess.run(
-            ["git", *credential_args(token), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S, check=False
+            ["git", *credential_args(token), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=GIT_TIMEOUT_S,
+            check=False, input=stdin,
         )
     except FileNotFoundError:
         raise InfraError("git is not installed; install git on the worker host") from None
@@ -88,6 +90,25 @@ class RepoMirror:
         proc = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", cwd=path, check=False)
         return proc.stdout.strip() if proc.returncode == 0 else None
 
+    def _commits_starting(self, path: Path, prefix: str) -> list[str]:
+        """Every commit whose sha starts with ``prefix`` (git's own lookup lists objects of every type)."""
+        objects = _git("rev-parse", f"--disambiguate={prefix}", cwd=path, check=False).stdout.split()
+        if not objects:
+            return []
+        kinds = _git("cat-file", "--batch-check=%(objectname) %(objecttype)", cwd=path, check=False,
+                     stdin="\n".join(objects) + "\n").stdout.split("\n")
+        return sorted(line.split()[0] for line in kinds if line.endswith(" commit"))
+
+    def _rev_sha(self, path: Path, url: str, sha: str) -> str | None:
+        """The commit a full or abbreviated sha names; an abbreviation two commits share is refused by name."""
+        found = self._rev(path, sha)
+        if found is None and len(sha) < 40:
+            matches = self._commits_starting(path, sha)
+            if len(matches) > 1:
+                shown = ", ".join(m[:12] for m in matches[:5]) + (", ..." if len(matches) > 5 else "")
+                raise RefNotFound(f"sha {sha!r} is ambiguous in {url}: it matches {shown}; give more digits")
+        return found
+
     def resolve(self, url: str, *, sha: str | None = None, branch: str | None = None, pr: int | None = None,
                 token: str | None = None) -> str:
         """Return the full 40-character sha for a sha (full or abbreviated), a branch or a pull request."""
@@ -96,10 +117,10 @@ class RepoMirror:
             if sha is not None:
                 if not _SHA.match(sha):
                     raise RefNotFound(f"{sha!r} is not a commit sha; give 4 to 40 hex digits")
-                found = self._rev(path, sha) if (path / "HEAD").exists() else None
+                found = self._rev_sha(path, url, sha) if (path / "HEAD").exists() else None
                 if found is None:
                     self._fetch(url, path, token)
-                    found = self._rev(path, sha)
+                    found = self._rev_sha(path, url, sha)
                 if found is None:
                     raise RefNotFound(f"commit {sha} is not in {url}; push it or pick another with --sha")
                 return found
@@ -123,6 +144,20 @@ class RepoMirror:
                 return None
             raise InfraError(f"cannot read {path_in_repo} at {sha[:12]}: {proc.stderr.strip()}")
         return proc.stdout
+
+    def symlink_in(self, url: str, sha: str, folder: str) -> str | None:
+        """The first part of ``folder`` that is a symlink at ``sha`` (it could lead out of the checkout), else None."""
+        if not folder:
+            return None
+        url = normalize_url(url)
+        parts = folder.split("/")
+        with self._locked(url) as path:
+            for i in range(1, len(parts) + 1):
+                prefix = "/".join(parts[:i])
+                entry = _git("ls-tree", sha, "--", prefix, cwd=path, check=False).stdout.split(None, 1)
+                if entry and entry[0] == "120000":
+                    return prefix
+        return None
 
     def mirror_path(self, url: str) -> Path:
         return self._path(normalize_url(url))

@@ -194,6 +194,7 @@ class RunStatus(Model):
     approval: ApprovalState = Field(default_factory=ApprovalState)
     deployed: DeployResult | None = None
     error: str = ""
+    note: str = Field("", description="set by the starter, never by the workflow: e.g. that no worker polls")
 
 
 class RollbackSpec(Model):
@@ -268,6 +269,7 @@ class PromotionStatus(Model):
     status: str = "running"
     current: str = ""
     steps: list[PromotionStep] = Field(default_factory=list)
+    note: str = Field("", description="set by the starter, never by the workflow: e.g. that no worker polls")
 
 CommitRunInput.model_rebuild()
 

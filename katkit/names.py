@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from temporalio.common import SearchAttributeKey
+
+from katkit.errors import BadInput
 
 TASK_QUEUE = "katkit"
 COMMIT_RUN = "CommitRun"
@@ -26,6 +29,28 @@ SA_STATUS = SearchAttributeKey.for_keyword("KatkitStatus")
 SEARCH_ATTRIBUTES = (SA_TENANT, SA_REPO, SA_SHA, SA_PHASE, SA_STATUS)
 
 TERMINAL_STATUSES = ("succeeded", "failed", "rejected", "cancelled")
+RUN_STATUSES = ("running", "awaiting_approval", "deploying", *TERMINAL_STATUSES)
+"""Every value of KatkitStatus on a CommitRun (what ``katkit list --status`` filters on)."""
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
+"""Names that become part of paths, container names, labels, lock ids and workflow ids: tenant, repo, service, phase."""
+NAME_RULE = "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def is_safe_name(value: object) -> bool:
+    """True for a name that is safe as a path component, container name, label value and workflow id part."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None and ".." not in value
+
+
+def inside(root: Path, *parts: str) -> Path:
+    """``root/parts...``, refused unless it stays inside ``root`` (symlinks resolved): defence in depth for
+    paths built from names, which are validated where they are parsed."""
+    path = root.joinpath(*parts)
+    base, resolved = root.resolve(), path.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise BadInput(f"{'/'.join(parts)!r} would leave {root}; names may hold only {NAME_RULE}")
+    return path
 
 
 def commit_run_id(tenant: str, repo: str, sha: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 
 from katkit.config import LinkConfig
-from katkit.errors import RepoFileError
+from katkit.errors import ConfigError, RepoFileError
 from katkit.gitrepo import RepoMirror
 from katkit.models import Phase, PhaseType, RunPlan
 from katkit.repofiles import CI_SH, KATKITCONFIG, SERVICEDESCRIPTION, parse_katkitconfig, parse_servicedescription
@@ -20,6 +20,10 @@ DEFAULT_PHASE = Phase(name="ci", type=PhaseType.EXECUTION, order=1)
 
 def read_plan(mirror: RepoMirror, link: LinkConfig, env: str, sha: str, token: str | None = None) -> RunPlan:
     full = mirror.resolve(link.url, sha=sha, token=token)
+    link_in_folder = mirror.symlink_in(link.url, full, link.folder)
+    if link_in_folder is not None:
+        raise ConfigError(f"{link.folder_key}: {link_in_folder!r} is a symlink at {full[:12]} (it may lead out of the "
+                          "repository); point folder at a real directory of the repository")
 
     def path(name: str) -> str:
         return posixpath.join(link.folder, name) if link.folder else name

@@ -12,14 +12,16 @@ from typing import Any
 
 from katkit.errors import RepoFileError
 from katkit.models import Phase, PhaseType, ServiceDescription
+from katkit.names import NAME_RULE, is_safe_name
 
 KATKITCONFIG = "katkitconfig.js"
 SERVICEDESCRIPTION = "servicedescription/servicedescription.js"
 CI_SH = "ci.sh"
 
 PHASE_TYPES = {4: PhaseType.EXECUTION, 1: PhaseType.DEPLOYMENT}
+MAX_PARALLELISM = 256
+"""Shards of one phase: each is a builder and an activity at once; more would swamp a host and a workflow's history."""
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_PHASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def _load_json(text: str, file: str) -> Any:
@@ -77,10 +79,8 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     if not isinstance(raw, dict):
         raise RepoFileError(file, f"WorkFlow item {position} is not an object", 'write {"Name": ..., "PhaseType": 4, ...}')
     name = raw.get("Name")
-    if not isinstance(name, str) or not _PHASE_NAME.match(name):
-        raise RepoFileError(
-            file, f"WorkFlow item {position} has Name {name!r}", "give every phase a Name of letters, digits, _ . or -"
-        )
+    if not is_safe_name(name):
+        raise RepoFileError(file, f"WorkFlow item {position} has Name {name!r}", f"give every phase a Name of {NAME_RULE}")
     ptype = raw.get("PhaseType")
     if isinstance(ptype, bool) or ptype not in PHASE_TYPES:
         raise RepoFileError(
@@ -89,6 +89,8 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     parallelism = _as_int(raw.get("Parallelism", 1), file, f"phase {name!r} Parallelism")
     if parallelism < 1:
         raise RepoFileError(file, f"phase {name!r} has Parallelism {parallelism}", "use 1 or more")
+    if parallelism > MAX_PARALLELISM:
+        raise RepoFileError(file, f"phase {name!r} has Parallelism {parallelism}", f"use at most {MAX_PARALLELISM}")
     image = raw.get("ContinerImage") or raw.get("ContainerImage")
     if isinstance(image, str) and not image.strip():
         image = None
@@ -146,6 +148,8 @@ def parse_servicedescription(text: str, file: str = SERVICEDESCRIPTION) -> Servi
     name = data.get("Name")
     if not isinstance(name, str) or not name.strip():
         raise RepoFileError(file, "Name is missing or empty", "set Name to the service's name")
+    if not is_safe_name(name):
+        raise RepoFileError(file, f"Name {name!r} is not a valid service name", f"use {NAME_RULE}")
     image = data.get("DockerImage")
     if not isinstance(image, str) or not image.strip():
         raise RepoFileError(file, "DockerImage is missing or empty", 'set DockerImage, e.g. "myapp:<hubtag>"')

@@ -12,13 +12,17 @@ import getpass
 import hashlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
 from pydantic import BaseModel
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus as ExecStatus,
     WorkflowFailureError,
     WorkflowHandle,
@@ -29,8 +33,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.builders import get_builder
-from katkit.config import KatkitConfig, Settings, load_config, load_settings
-from katkit.errors import BadInput, InfraError, RunFailed, UnknownName
+from katkit.config import KatkitConfig, NoConfigFound, Settings, load_config, load_settings
+from katkit.errors import BadInput, InfraError, RunFailed, UnknownName, did_you_mean
 from katkit.gitrepo import RepoMirror
 from katkit.logstore import LogStore, log_store_for
 from katkit.config import LinkConfig
@@ -47,11 +51,13 @@ from katkit.models import (
     RunStatus,
 )
 from katkit.names import (
+    NAME_RULE,
     COMMIT_RUN,
     DEPLOY_LOCK,
     LOCK_STATE,
     PROMOTION,
     QUERY_STATUS,
+    RUN_STATUSES,
     SA_PHASE,
     SA_REPO,
     SA_SHA,
@@ -60,6 +66,7 @@ from katkit.names import (
     TERMINAL_STATUSES,
     UPDATE_DECIDE,
     commit_run_id,
+    is_safe_name,
     log_key,
 )
 from katkit.plan import read_plan
@@ -68,6 +75,13 @@ from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING
 M = TypeVar("M", bound=BaseModel)
+POLLER_FRESH = timedelta(seconds=90)
+"""A worker long-polls for at most about a minute: a poller not seen for longer than this has gone."""
+WORKER_CHECK_S = 5.0  # how often ``wait`` asks again whether a worker polls
+
+def _exec_status_name(status: ExecStatus | None) -> str:
+    name = status.name.lower() if status else "closed"
+    return {"canceled": "cancelled", "completed": "succeeded"}.get(name, name)
 
 
 async def _closed_result(handle: WorkflowHandle, model: type[M]) -> M | None:
@@ -104,17 +118,20 @@ class RunSummary:
 
 class Katkit:
     def __init__(self, client: Client, settings: Settings, config: KatkitConfig | None = None,
-                 log_store: LogStore | None = None) -> None:
+                 log_store: LogStore | None = None, config_path: str | None = None) -> None:
         self.client = client
         self.settings = settings
         self._config = config
+        self._config_path = config_path
         self.log_store = log_store or log_store_for(settings)
         self.mirror = RepoMirror(settings.home / "git")
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None) -> Katkit:
+    async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None,
+                      config_path: str | None = None) -> Katkit:
+        """Connect to Temporal; katkit.yaml is ``config``, else read (lazily) from ``config_path`` or as usual."""
         settings = settings or load_settings()
-        return cls(await connect(settings), settings, config)
+        return cls(await connect(settings), settings, config, config_path=config_path)
 
     async def __aenter__(self) -> Katkit:
         return self
@@ -125,8 +142,27 @@ class Katkit:
     @property
     def config(self) -> KatkitConfig:
         if self._config is None:
-            self._config = load_config()
+            self._config = load_config(self._config_path)
         return self._config
+
+    # -- is anyone working? ----------------------------------------------------------------------------
+    async def worker_polling(self) -> bool:
+        """Whether a worker has polled the task queue for workflow tasks within the last long poll or so."""
+        resp = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(namespace=self.client.namespace, task_queue=TaskQueue(name=self.settings.task_queue),
+                                     task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW),
+            timeout=timedelta(seconds=5))
+        now = datetime.now(timezone.utc)
+        return any(now - p.last_access_time.ToDatetime(tzinfo=timezone.utc) < POLLER_FRESH for p in resp.pollers)
+
+    @property
+    def no_worker_note(self) -> str:
+        return (f"no worker is polling task queue {self.settings.task_queue!r} at {self.settings.address}; "
+                "start one with 'katkit worker' (or 'katkit dev')")
+
+    async def worker_note(self) -> str:
+        """The one line that says no worker polls the task queue, or '' when one does."""
+        return "" if await self.worker_polling() else self.no_worker_note
 
     # -- starting ------------------------------------------------------------------------------------------
     def prepare_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
@@ -225,6 +261,8 @@ class Katkit:
 
     async def _decide(self, run_id: str, kind: str, inp: DecisionInput) -> Decision:
         handle = await self._handle(run_id)
+        if not await self.worker_polling():  # an update waits for a worker: say so at once instead
+            raise InfraError(self.no_worker_note)
         try:
             return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision)
         except WorkflowUpdateFailedError as exc:
@@ -237,27 +275,52 @@ class Katkit:
             raise
 
     async def cancel(self, run_id: str) -> None:
-        handle = await self._handle(run_id)
+        handle = self.client.get_workflow_handle(run_id)
+        desc = await self._describe(handle)
+        if desc.status != _OPEN:
+            status = desc.typed_search_attributes.get(SA_STATUS)  # how the run ended; a terminated one never said
+            ended = status if status in TERMINAL_STATUSES else _exec_status_name(desc.status)
+            raise BadInput(f"run {run_id} already ended ({ended}); nothing to cancel")
         await handle.cancel()
 
     # -- watching ----------------------------------------------------------------------------------------
-    async def _handle(self, run_id: str) -> WorkflowHandle:
-        handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+    async def _describe(self, handle: WorkflowHandle) -> WorkflowExecutionDescription:
         try:
-            await handle.describe()
+            return await handle.describe()
         except RPCError as exc:
             if exc.status == RPCStatusCode.NOT_FOUND:
-                raise UnknownName(f"no run {run_id!r}; list runs with 'katkit list'") from None
+                raise UnknownName(f"no run {handle.id!r}; list runs with 'katkit list'") from None
             raise
+
+    async def _handle(self, run_id: str) -> WorkflowHandle:
+        handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+        await self._describe(handle)
         return handle
 
     async def status(self, run_id: str) -> RunStatus:
-        """The run's status: queried while it runs, read from its result or failure once it has closed."""
-        handle = await self._handle(run_id)
-        desc = await handle.describe()
-        if desc.status == _OPEN:
-            return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
-        return await self._closed_status(handle, desc.status)
+        """The run's status: queried while it runs, read from its result or failure once it has closed.
+
+        With no worker polling, an open run's status comes from its search attributes and memo (a query would
+        wait for a worker), with ``note`` saying so."""
+        handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
+        desc = await self._describe(handle)
+        if desc.status != _OPEN:
+            return await self._closed_status(handle, desc.status)
+        if not await self.worker_polling():
+            return await self._described_status(desc)
+        return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
+
+    async def _described_status(self, desc: WorkflowExecutionDescription) -> RunStatus:
+        """What the server alone knows of an open run: search attributes, memo and start time."""
+        sa = desc.typed_search_attributes
+        memo = await desc.memo()
+        summary = str(memo.get("summary") or "")
+        return RunStatus(run_id=desc.id, tenant=sa.get(SA_TENANT) or "?", env="?", repo=sa.get(SA_REPO) or "?",
+                         sha=sa.get(SA_SHA) or "?", ref=str(memo.get("ref") or ""),
+                         started_by=str(memo.get("started_by") or "?"), status=sa.get(SA_STATUS) or "running",
+                         phase=sa.get(SA_PHASE) or "", started_at=desc.start_time,
+                         error=summary.split(" | ")[-1] if summary.count(" | ") >= 3 else "",
+                         note=self.no_worker_note)
 
     async def _closed_status(self, handle: WorkflowHandle, status: ExecStatus | None) -> RunStatus:
         try:
@@ -275,9 +338,15 @@ class Katkit:
         """Wait for the run to end; call ``on_change(status)`` whenever it moves. Raise RunFailed unless it succeeded."""
         handle = await self._handle(run_id)
         last = None
+        polling, checked = True, -WORKER_CHECK_S
+        loop = asyncio.get_running_loop()
         while True:
             desc = await handle.describe()
-            if desc.status == _OPEN:
+            if desc.status == _OPEN and loop.time() - checked >= WORKER_CHECK_S:
+                polling, checked = await self.worker_polling(), loop.time()
+            if desc.status == _OPEN and not polling:
+                st = await self._described_status(desc)  # shown instead of nothing while no worker polls
+            elif desc.status == _OPEN:
                 try:
                     st = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
                 except RPCError:
@@ -295,7 +364,21 @@ class Katkit:
                 return st
             await asyncio.sleep(interval)
 
+    def check_tenant_filter(self, tenant: str | None) -> None:
+        """A tenant filter must name a tenant of katkit.yaml (when one is found; a typo would list nothing)."""
+        if tenant is None:
+            return
+        try:
+            config = self.config
+        except NoConfigFound:  # no katkit.yaml on this machine (none named either): nothing to check it against
+            return
+        config.tenant(tenant)
+
     async def list(self, tenant: str | None = None, status: str | None = None, limit: int = 50) -> list[RunSummary]:
+        self.check_tenant_filter(tenant)
+        if status is not None and status not in RUN_STATUSES:
+            raise UnknownName(f"unknown status {status!r}{did_you_mean(status, RUN_STATUSES)}; "
+                              f"use one of {', '.join(RUN_STATUSES)}")
         parts = [f'WorkflowType = "{COMMIT_RUN}"']
         if tenant:
             parts.append(f'{SA_TENANT.name} = "{tenant}"')
@@ -381,6 +464,11 @@ class Katkit:
             if exc.status == RPCStatusCode.NOT_FOUND:
                 raise UnknownName(f"no promotion {promotion_id!r}; list runs with 'katkit list'") from None
             raise
+        if desc.status == _OPEN and not await self.worker_polling():  # a query would wait for a worker
+            sa = desc.typed_search_attributes
+            return PromotionStatus(promotion_id=promotion_id, repo=sa.get(SA_REPO) or "?", sha=sa.get(SA_SHA) or "?",
+                                   started_by="?", status=sa.get(SA_STATUS) or "running", current=sa.get(SA_PHASE) or "",
+                                   note=self.no_worker_note)
         if desc.status == _OPEN:
             return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=10))
         found = await _closed_result(handle, PromotionStatus)
@@ -411,6 +499,8 @@ class Katkit:
     async def start_rollback(self, tenant: str, service: str, to_sha: str | None = None, by: str | None = None) -> RunHandle:
         """Redeploy the previous image (or the one deployed from ``to_sha``), through the tenant's gate and lock."""
         tenant_cfg = self.config.tenant(tenant)
+        if not is_safe_name(service):
+            raise BadInput(f"--service {service!r} is not a service name; a service Name is {NAME_RULE}")
         history = self.deployments(tenant, service)
         if not history:
             raise BadInput(f"service {service!r} in tenant {tenant} has no deployment history; nothing to roll back to")
@@ -435,9 +525,13 @@ class Katkit:
         return await self.start_prepared(inp, run_id=f"rollback-{tenant}-{service}-{suffix}")
 
     async def locks(self, tenant: str | None = None) -> list[LockState]:
+        self.check_tenant_filter(tenant)
         query = f'WorkflowType = "{DEPLOY_LOCK}" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
         out = []
+        polling: bool | None = None
         async for wf in self.client.list_workflows(query):
+            if polling is None and not (polling := await self.worker_polling()):
+                raise InfraError(self.no_worker_note)  # a lock's state is a query: it needs a worker
             st = await self.client.get_workflow_handle(wf.id).query(LOCK_STATE, result_type=LockState,
                                                                     rpc_timeout=timedelta(seconds=10))
             if tenant is None or st.tenant == tenant:

@@ -42,9 +42,17 @@ def _async(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
 
 
 async def _katkit(with_config: bool = True) -> Katkit:
+    """Connect; with ``with_config`` katkit.yaml must load now, else only when a command needs it (filters)."""
     state = click.get_current_context().find_object(_State)
     config = load_config(state.config_path) if with_config else None
-    return await Katkit.connect(load_settings(), config)
+    return await Katkit.connect(load_settings(), config, config_path=state.config_path)
+
+
+async def _warn_without_worker(kk: Katkit) -> None:
+    """After starting something: one line when no worker polls the task queue (it would wait in silence)."""
+    note = await kk.worker_note()
+    if note:
+        err.print(f"katkit: warning: {note}")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,6 +82,7 @@ async def run(tenant: str, repo: str, sha: str | None, branch: str | None, pr: i
     handle = await kk.start_run(tenant, repo, sha=sha, branch=branch, pr=pr, by=by)
     verb = "already running" if handle.existing else "started"
     out.print(f"{verb}: {handle.run_id}  ({repo}@{handle.sha[:12]} -> {tenant})\n  {handle.url}")
+    await _warn_without_worker(kk)
     if wait:
         st = await kk.wait(handle.run_id, on_change=PhasePrinter(out))
         out.print(f"[green]succeeded[/]: {st.deployed.image if st.deployed else 'no deployment phase'}")
@@ -128,12 +137,16 @@ async def status(run_id: str, as_json: bool) -> None:
             out.print(f"{pst.promotion_id}  {pst.status}  ({pst.repo}@{pst.sha[:12]}, by {pst.started_by})")
             for step in pst.steps:
                 out.print(f"  {step.tenant:<18} {step.status:<12} {step.run_id}  {step.error or step.image}".rstrip())
+            if pst.note:
+                err.print(f"katkit: warning: {pst.note}")
         sys.exit(0 if pst.status in ("succeeded", "running") else 1)
     st = await kk.status(run_id)
     if as_json:
         click.echo(st.model_dump_json(indent=2))
     else:
         out.print(status_table(st, kk.settings.run_url(run_id)))
+        if st.note:
+            err.print(f"katkit: warning: {st.note}")
         if st.deployed:
             out.print(f"deployed: {st.deployed.image} (replicas {st.deployed.replicas}, previous {st.deployed.previous_image})")
         if st.error:
@@ -193,10 +206,15 @@ async def promote(repo: str, sha: str, through: str, by: str, wait: bool) -> Non
     handle = await kk.start_promotion(repo, sha, tenants, by)
     verb = "already running" if handle.existing else "started"
     out.print(f"{verb}: {handle.run_id}  ({repo}@{handle.sha[:12]} through {' -> '.join(tenants)})\n  {handle.url}")
+    await _warn_without_worker(kk)
     if wait:
         seen: dict[str, str] = {}
 
         def show(st) -> None:
+            if st.note != seen.get(""):
+                seen[""] = st.note
+                if st.note:
+                    out.print(f"  [yellow]waiting: {st.note}[/]")
             for step in st.steps:
                 if seen.get(step.tenant) != step.status:
                     seen[step.tenant] = step.status
@@ -218,6 +236,7 @@ async def rollback(tenant: str, service: str, to_sha: str | None, by: str, wait:
     kk = await _katkit()
     handle = await kk.start_rollback(tenant, service, to_sha, by)
     out.print(f"{'already running' if handle.existing else 'started'}: {handle.run_id}\n  {handle.url}")
+    await _warn_without_worker(kk)
     if wait:
         st = await kk.wait(handle.run_id, on_change=PhasePrinter(out))
         out.print(f"[green]rolled back[/]: {st.deployed.image if st.deployed else ''}")

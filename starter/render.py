@@ -23,8 +23,13 @@ class PhasePrinter:
     def __init__(self, console: Console, indent: str = "  ") -> None:
         self.console, self.indent = console, indent
         self._seen: dict[str, str] = {}
+        self._note = ""
 
     def __call__(self, st: RunStatus) -> None:
+        if st.note != self._note:  # e.g. no worker polls: say so instead of printing nothing
+            self._note = st.note
+            if st.note:
+                self.console.print(f"{self.indent}[yellow]waiting: {st.note}[/]", highlight=False)
         for p in st.phases:
             if self._seen.get(p.name) == p.state:
                 continue

@@ -172,6 +172,9 @@ def serve(app: WebhookApp, host: str, port: int, loop: asyncio.AbstractEventLoop
 
 
 async def run_webhook(kk: Katkit, secret: str, host: str, port: int, ready: Any = None) -> None:
+    from katkit.preload import import_sdks
+
+    import_sdks()  # deliveries are served on threads of their own: no two of them may import PyGithub at once
     app = WebhookApp(kk, secret, Deliveries(kk.settings.home / "webhook-deliveries.sqlite3"))
     server = serve(app, host, port, asyncio.get_running_loop())
     thread = threading.Thread(target=server.serve_forever, name="katkit-webhook", daemon=True)

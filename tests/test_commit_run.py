@@ -60,6 +60,8 @@ async def test_every_shard_sees_the_contract_env(kk: Katkit, repo: Path, tmp_pat
     out.mkdir()
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret")
     monkeypatch.setenv("GITHUB_TOKEN", "ghp_worker_secret")
+    monkeypatch.setenv("LC_ALL", "C")
+    monkeypatch.setenv("TZ", "Europe/Paris")
     sha = commit_files(repo, {
         "ci.sh": ENV_DUMP_CI,
         "katkitconfig.js": katkitconfig(
@@ -83,6 +85,11 @@ async def test_every_shard_sees_the_contract_env(kk: Katkit, repo: Path, tmp_pat
         assert "MODE" not in test
     for env in (build, read_env(out / "TEST.0.env")):
         assert "AWS_SECRET_ACCESS_KEY" not in env and "GITHUB_TOKEN" not in env
+    # exactly the documented environment (bash itself adds PWD, SHLVL and _)
+    documented = {"KATKIT_SHA", "KATKIT_PHASE", "KATKIT_ENV", "KATKIT_TENANT", "KATKIT_REPO", "KATKIT_BRANCH",
+                  "KATKIT_RUN_ID", "KATKIT_SHARD_INDEX", "KATKIT_SHARD_COUNT", "PATH", "LANG", "HOME"}
+    assert set(build) - {"PWD", "SHLVL", "_"} == documented | {"OUT", "MODE", "EMPTY", "SPACED"}
+    assert Path(build["HOME"]).is_relative_to(kk.settings.home / "builders")
 
 
 async def test_env_name_selects_the_entry(kk: Katkit, repo: Path, tmp_path: Path) -> None:

@@ -24,10 +24,11 @@ from katkit import agent
 from katkit.builders import BuilderSpec, BuilderState
 from katkit.errors import InfraError
 from katkit.gitrepo import is_remote
+from katkit.names import inside
 
 STOP_GRACE_S = 5.0
 START_GRACE_S = 10.0
-_BASE_ENV_KEYS = ("PATH", "LANG", "LC_ALL", "TZ")
+_BASE_ENV_KEYS = ("PATH", "LANG")  # the contract: ci.sh sees these of the host, nothing else
 
 
 class _Sweeper:
@@ -67,7 +68,7 @@ class LocalBuilder:
         self.root = root
 
     def _dir(self, name: str) -> Path:
-        return self.root / name
+        return inside(self.root, name)
 
     def start(self, spec: BuilderSpec) -> bool:
         d = self._dir(spec.name)

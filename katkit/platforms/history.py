@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from katkit.names import inside
 from katkit.platforms import DeploymentRecord
 
 
@@ -20,7 +21,7 @@ class ServiceRecords:
         self.root = root
 
     def _path(self, tenant: str, service: str) -> Path:
-        return self.root / tenant / f"{service}.json"
+        return inside(self.root, tenant, f"{service}.json")
 
     def load(self, tenant: str, service: str) -> dict[str, Any]:
         try:

@@ -77,6 +77,18 @@ def translate_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+_log_writers: dict[str, int] = {}
+"""Log key -> the attempt that writes it in this process. A timed-out attempt may still run when the server
+hands its retry to this worker; it stops writing as soon as the retry claims the log."""
+
+
+def _cancel_reason(details: activity.ActivityCancellationDetails | None) -> str:
+    if details is None:
+        return "unknown"
+    return ", ".join(k for k in ("timed_out", "not_found", "worker_shutdown", "paused", "reset", "cancel_requested")
+                     if getattr(details, k)) or "unknown"
+
+
 def contract_env(inp: ShardInput, github_token: str | None = None) -> dict[str, str]:
     """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win).
 
@@ -177,6 +189,13 @@ class KatkitActivities:
             env=contract_env(inp, self._github_token), image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
         )
+        attempt = activity.info().attempt
+        _log_writers[key] = attempt  # this attempt writes the log now; an older one still running stops writing
+        recorded = self.log_store.outcome(key)
+        if recorded:  # an earlier attempt saw the shard end; only its completion was lost (a server outage)
+            log.info("shard already finished", builder=name)
+            builder.remove(name)
+            return ShardResult.model_validate_json(recorded)
         started_at = datetime.now(timezone.utc)
         remove = True
         try:
@@ -185,22 +204,25 @@ class KatkitActivities:
                 self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
             fresh = builder.start(spec)
             log.info("builder started" if fresh else "builder re-attached", builder=name)
-            offset = self.log_store.size(key)
+            # the log continues from what this builder produced, as the last attempt reported it, never from the
+            # store's size (which may hold what another builder or a note wrote)
+            details = activity.info().heartbeat_details
+            offset = int(details[0]) if details and not fresh else 0
             deadline = inp.deadline.timestamp()
             waited = False
             while True:
                 state = builder.state(name)
-                offset = self._pump(builder, name, key, offset)
+                offset = self._pump(builder, name, key, offset, attempt)
                 if not state.running:
                     break
                 if time.time() >= deadline:
                     timeout_s = inp.tenant.phase_timeout.total_seconds()
                     builder.remove(name)
                     self._note(key, f"phase timed out: ci.sh was killed after the phase timeout ({timeout_s:.0f} s)")
-                    self.log_store.finish(key)
-                    return ShardResult(builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
-                                       ended_at=datetime.now(timezone.utc), reattached=not fresh,
-                                       message=f"timed out after the phase timeout of {timeout_s:.0f} s")
+                    return self._finished(key, ShardResult(
+                        builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
+                        ended_at=datetime.now(timezone.utc), reattached=not fresh,
+                        message=f"timed out after the phase timeout of {timeout_s:.0f} s"))
                 if waited:  # most no-op phases end within the first wait: no heartbeat RPC for them
                     activity.heartbeat(offset)
                 builder.wait(name, POLL_S)
@@ -209,17 +231,20 @@ class KatkitActivities:
             message = state.reason or f"exited {code}"
             if state.exit_code is None:
                 self._note(key, message)
-            self.log_store.finish(key)
             log.info("shard finished", exit_code=code)
-            return ShardResult(builder=name, exit_code=code, log_key=key, started_at=started_at,
-                               ended_at=datetime.now(timezone.utc), reattached=not fresh, message=message)
+            return self._finished(key, ShardResult(builder=name, exit_code=code, log_key=key, started_at=started_at,
+                                                   ended_at=datetime.now(timezone.utc), reattached=not fresh,
+                                                   message=message))
         except CancelledError:
-            if activity.is_worker_shutdown():
-                remove = False  # the worker stops, the run does not: the next worker re-attaches
-            else:
-                with activity.shield_thread_cancel_exception():
+            details = activity.cancellation_details()
+            if details is not None and details.cancel_requested and not activity.is_worker_shutdown():
+                with activity.shield_thread_cancel_exception():  # the workflow asked: the builder goes
                     self._note(key, "cancelled: the builder was stopped")
                     self.log_store.finish(key)
+            else:  # a heartbeat timeout, a lost server, a worker shutting down: the next attempt re-attaches
+                remove = False
+                log.info("shard attempt ended without a cancel request; builder left for the next attempt",
+                         builder=name, why=_cancel_reason(details))
             raise
         except ApplicationError:
             raise
@@ -227,12 +252,24 @@ class KatkitActivities:
             remove = False  # a retry re-attaches; the workflow removes the builder if retries run out
             raise
         finally:
+            if _log_writers.get(key) == attempt:
+                del _log_writers[key]
+            elif key in _log_writers:
+                remove = False  # a newer attempt has the builder now
             if remove:
                 with activity.shield_thread_cancel_exception():
                     builder.remove(name)
 
-    def _pump(self, builder: Builder, name: str, key: str, offset: int) -> int:
+    def _finished(self, key: str, result: ShardResult) -> ShardResult:
+        """Record the shard's result with its complete log before the builder goes: an attempt whose completion
+        never reached the server is followed by one that finds it here instead of running ci.sh again."""
+        self.log_store.finish(key, result.model_dump_json())
+        return result
+
+    def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int) -> int:
         while True:
+            if _log_writers.get(key, attempt) != attempt:
+                raise CancelledError("a newer attempt of this shard writes its log now")
             chunk = builder.read_log(name, offset, LOG_CHUNK)
             if not chunk:
                 return offset

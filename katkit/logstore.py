@@ -17,7 +17,12 @@ class LogStore(Protocol):
     def size(self, key: str) -> int: ...
     def write_at(self, key: str, offset: int, data: bytes) -> None: ...
     def read(self, key: str, offset: int = 0, limit: int = -1) -> bytes: ...
-    def finish(self, key: str) -> None: ...
+    def finish(self, key: str, outcome: str = "") -> None:
+        """Mark the log complete, with what the writer wants remembered (a shard keeps its result there)."""
+
+    def outcome(self, key: str) -> str | None:
+        """What ``finish`` recorded, or None while the log is not finished."""
+
     def is_finished(self, key: str) -> bool: ...
     def keys(self, prefix: str) -> list[str]: ...
     def location(self, key: str) -> str: ...
@@ -62,11 +67,19 @@ class DirLogStore:
         except FileNotFoundError:
             return b""
 
-    def finish(self, key: str) -> None:
+    def finish(self, key: str, outcome: str = "") -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.touch(exist_ok=True)
-        Path(f"{path}.done").touch()
+        tmp = Path(f"{path}.done.tmp")
+        tmp.write_text(outcome)
+        os.replace(tmp, f"{path}.done")
+
+    def outcome(self, key: str) -> str | None:
+        try:
+            return Path(f"{self._path(key)}.done").read_text()
+        except FileNotFoundError:
+            return None
 
     def is_finished(self, key: str) -> bool:
         return Path(f"{self._path(key)}.done").exists()
@@ -158,8 +171,22 @@ class S3LogStore:
 
         return read_parts()
 
-    def finish(self, key: str) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=self._base(key) + ".done", Body=b"")
+    def finish(self, key: str, outcome: str = "") -> None:
+        from katkit.aws import aws_errors
+
+        aws_errors(self.s3.put_object)(Bucket=self.bucket, Key=self._base(key) + ".done", Body=outcome.encode())
+
+    def outcome(self, key: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.s3.get_object(Bucket=self.bucket, Key=self._base(key) + ".done")["Body"].read().decode()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            from katkit.errors import InfraError
+
+            raise InfraError(f"S3 log store: cannot read {self._base(key)}.done: {exc}") from exc
 
     def is_finished(self, key: str) -> bool:
         from botocore.exceptions import ClientError

@@ -26,7 +26,8 @@ from katkit.errors import InfraError
 from katkit.gitrepo import is_remote
 from katkit.names import inside
 
-STOP_GRACE_S = 5.0
+STOP_GRACE_S = 10.0
+"""How long ci.sh and its children have between SIGTERM and SIGKILL (``KATKIT_STOP_GRACE`` seconds)."""
 START_GRACE_S = 10.0
 _BASE_ENV_KEYS = ("PATH", "LANG")  # the contract: ci.sh sees these of the host, nothing else
 
@@ -57,6 +58,21 @@ class _Sweeper:
             for trash in dirs:
                 for entry in list(trash.iterdir()) if trash.is_dir() else []:
                     shutil.rmtree(entry, ignore_errors=True)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of the process group ``pgid``."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry.name))
+    return found
 
 
 _sweeper = _Sweeper()
@@ -156,17 +172,24 @@ class LocalBuilder:
             return b""
 
     def _stop(self, name: str, pid: int | None) -> None:
-        if pid is None or not self._alive(name, pid):
+        """SIGTERM the builder's whole process group, then SIGKILL what is left after the grace period, whether
+        or not the agent (the group's leader) still lives: a ci.sh that traps or ignores TERM goes too."""
+        if pid is None:
             return
-        for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 2.0)):
+        if not self._alive(name, pid) and pid in _group_members(pid):
+            return  # the pid leads another group now: that group is not ours (Linux never reuses a live group's id)
+        grace = float(os.environ.get("KATKIT_STOP_GRACE", STOP_GRACE_S))
+        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            if not _group_members(pid):
+                return
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 return
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline:
-                if not self._alive(name, pid):
-                    return
+            while time.monotonic() < deadline and _group_members(pid):
+                if pid in _children:
+                    _children[pid].poll()  # reap our own agent, so it does not linger as a zombie
                 time.sleep(0.05)
 
     def remove(self, name: str) -> None:

@@ -35,6 +35,7 @@ from katkit.logstore import LogStore
 from katkit.models import (
     CheckoutInput,
     ClosedRunsInput,
+    LedgerRecord,
     LockGrant,
     LockRequest,
     LockState,
@@ -49,9 +50,10 @@ from katkit.models import (
     ShardInput,
     ShardResult,
 )
-from katkit.names import DEPLOY_LOCK, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
+from katkit.names import DEPLOY_LOCK, LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
 from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
+from katkit.platforms.history import ServiceRecords
 
 LOG_CHUNK = 1 << 20
 POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
@@ -296,13 +298,22 @@ class KatkitActivities:
         if not grant.granted:
             why = f"superseded by newer run {grant.superseded_by}" if grant.superseded_by else "the deploy lock was withdrawn"
             raise ApplicationError(why, type="Superseded", non_retryable=True)
-        job = asyncio.get_running_loop().run_in_executor(self.executor, self._deploy_sync, inp, grant.waited_s)
+        # the JSON history an older katkit kept on this host goes into the ledger with the first record (once)
+        legacy = [] if grant.imported else ServiceRecords(self.home / "services").history(req.tenant, req.service)
+        last = grant.last or (legacy[-1] if legacy else None)
+        job = asyncio.get_running_loop().run_in_executor(self.executor, self._deploy_sync, inp, last, grant.waited_s)
         try:
             while True:  # heartbeat from the event loop while the sync SDK works on a thread
                 try:
-                    return await asyncio.wait_for(asyncio.shield(job), timeout=1.0)
+                    result, record = await asyncio.wait_for(asyncio.shield(job), timeout=1.0)
+                    break
                 except asyncio.TimeoutError:
                     activity.heartbeat()
+            if record is not None and self.client is not None:  # into the service's ledger, before the lock goes
+                lock = deploy_lock_id(activity.info().task_queue, req.tenant, req.service)
+                await self.client.get_workflow_handle(lock).execute_update(
+                    LEDGER_RECORD, LedgerRecord(record=record, legacy=legacy))
+            return result
         except BaseException:
             with contextlib.suppress(BaseException):
                 await asyncio.shield(job)  # a deploy that has begun ends before the lock is given up
@@ -340,35 +351,39 @@ class KatkitActivities:
             log.warning("could not release the deploy lock", run_id=req.run_id, error=str(exc))
 
     @translate_errors
-    def _deploy_sync(self, inp: DeployInput, waited_s: float) -> DeployResult:
+    def _deploy_sync(self, inp: DeployInput, last: DeploymentRecord | None,
+                     waited_s: float) -> tuple[DeployResult, DeploymentRecord | None]:
+        """Deploy; return the result and the record for the ledger (None: this run's deploy went through already).
+
+        ``last`` is the service's last deployment from its ledger: the same on every host, unlike a per-host
+        engine or service file."""
         platform = self._platforms(inp.tenant)
         image = inp.image or inp.service.image_for(inp.sha)
         started = datetime.now(timezone.utc)
         running = platform.current(inp.tenant, inp.service.name)
         fields = inp.service.fields
         if running is not None:
-            extra, replicas, previous = running.extra_config, running.replicas, running.image
+            extra, replicas = running.extra_config, running.replicas
         else:  # the first deploy of a service: nothing runs yet, so the file's values (if any) apply
             extra = fields.get("ExtraConfig") if isinstance(fields.get("ExtraConfig"), str) else None
             replicas = int(fields["Replicas"]) if isinstance(fields.get("Replicas"), int) else 1
-            previous = None
-        if running is not None and running.image == image:
-            history = platform.history(inp.tenant, inp.service.name)
-            if history and history[-1].run_id == inp.run_id:  # a retry after the deploy went through
-                return DeployResult(service=inp.service.name, image=image, previous_image=history[-1].previous_image,
-                                    replicas=replicas, extra_config=extra, deployed_at=history[-1].at,
-                                    lock_waited_s=waited_s, started_at=started)
+        if running is not None and running.image == image and last is not None and \
+                (last.run_id, last.execution) == (inp.run_id, inp.execution):  # a retry after the deploy went through
+            return DeployResult(service=inp.service.name, image=image, previous_image=last.previous_image,
+                                replicas=replicas, extra_config=extra, deployed_at=last.at,
+                                lock_waited_s=waited_s, started_at=started), None
+        previous = last.image if last is not None else running.image if running is not None else None
         target = RunningService(name=inp.service.name, image=image, extra_config=extra, replicas=replicas,
                                 fields={k: v for k, v in fields.items() if k not in ("ExtraConfig", "Replicas")})
-        record = DeploymentRecord(run_id=inp.run_id, sha=inp.sha, previous_image=previous, image=image,
-                                  replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by,
+        record = DeploymentRecord(run_id=inp.run_id, execution=inp.execution, sha=inp.sha, previous_image=previous,
+                                  image=image, replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by,
                                   at=started, repo=inp.repo, kind="rollback" if inp.image else "deploy")
         platform.deploy(inp.tenant, inp.service, target, record, progress=lambda: None)
         now = datetime.now(timezone.utc)
         log.info("deployed", run_id=inp.run_id, tenant=inp.tenant.name, service=inp.service.name, image=image)
         return DeployResult(service=inp.service.name, image=image, previous_image=record.previous_image,
                             replicas=replicas, extra_config=extra, deployed_at=now, lock_waited_s=waited_s,
-                            started_at=started)
+                            started_at=started), record
 
     @activity.defn(name="closed_runs")
     async def closed_runs(self, inp: ClosedRunsInput) -> list[str]:

@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from katkit.config import LinkConfig, TenantConfig
+from katkit.platforms import DeploymentRecord
 
 
 class Model(BaseModel):
@@ -217,6 +218,8 @@ class LockGrant(Model):
     granted: bool
     superseded_by: str = ""
     waited_s: float = 0.0
+    last: DeploymentRecord | None = Field(None, description="the service's last deployment, from its ledger")
+    imported: bool = Field(True, description="False until the service's JSON history of older versions was imported")
 
 
 class LockEntry(Model):
@@ -235,6 +238,15 @@ class LockState(Model):
     withdrawn: list[str] = Field(default_factory=list)
     grants: int = 0
     watchdog_s: float = Field(30.0, description="how often the holder and waiters are checked for closed runs")
+    records: list[DeploymentRecord] = Field(default_factory=list, description="the service's ledger: its last deployments")
+    imported: bool = Field(False, description="whether the JSON history of older versions has been imported")
+
+
+class LedgerRecord(Model):
+    """A deployment for a tenant service's ledger, with the old JSON history the first time (imported once)."""
+
+    record: DeploymentRecord
+    legacy: list[DeploymentRecord] = Field(default_factory=list)
 
 
 class ClosedRunsInput(Model):

@@ -28,6 +28,7 @@ from temporalio.client import (
     WorkflowHandle,
     WorkflowUpdateFailedError,
 )
+from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -54,6 +55,7 @@ from katkit.names import (
     NAME_RULE,
     COMMIT_RUN,
     DEPLOY_LOCK,
+    LEDGER_IMPORT,
     LOCK_STATE,
     PROMOTION,
     QUERY_STATUS,
@@ -66,11 +68,13 @@ from katkit.names import (
     TERMINAL_STATUSES,
     UPDATE_DECIDE,
     commit_run_id,
+    deploy_lock_id,
     is_safe_name,
     log_key,
 )
 from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, get_platform
+from katkit.platforms.history import ServiceRecords
 from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING
@@ -492,16 +496,57 @@ class Katkit:
                 return st
             await asyncio.sleep(interval)
 
-    def deployments(self, tenant: str, service: str) -> list[DeploymentRecord]:
-        tenant_cfg = self.config.tenant(tenant)
-        return get_platform(tenant_cfg.platform, self.settings.home).history(tenant_cfg, service)
+    # -- the ledger: each tenant service's deployments, kept in Temporal ------------------------------------
+    async def ledger(self, tenant: str, service: str) -> LockState | None:
+        """A tenant service's ledger (read from its DeployLock workflow, the same from every host); None when the
+        service never deployed. A JSON history an older katkit left on this machine is imported into it once."""
+        self.config.tenant(tenant)
+        if not is_safe_name(service):
+            raise BadInput(f"--service {service!r} is not a service name; a service Name is {NAME_RULE}")
+        legacy = ServiceRecords(self.settings.home / "services").history(tenant, service)
+        lock_id = deploy_lock_id(self.settings.task_queue, tenant, service)
+        handle = self.client.get_workflow_handle(lock_id)
+        try:
+            is_open = (await handle.describe()).status == _OPEN
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            is_open = False
+        if not is_open and not legacy:
+            return None
+        if not await self.worker_polling():  # a query or an update needs a worker
+            raise InfraError(self.no_worker_note)
+        if is_open:
+            state = await handle.query(LOCK_STATE, result_type=LockState, rpc_timeout=timedelta(seconds=10))
+            if state.imported or not legacy:
+                return state
+            return await handle.execute_update(LEDGER_IMPORT, legacy, result_type=LockState)
+        start = WithStartWorkflowOperation(
+            DEPLOY_LOCK, LockState(tenant=tenant, service=service, watchdog_s=self.settings.lock_watchdog), id=lock_id,
+            task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=f"ledger and deploy lock of {service} in {tenant}")
+        return await self.client.execute_update_with_start_workflow(LEDGER_IMPORT, legacy, start_workflow_operation=start,
+                                                                    result_type=LockState)
+
+    async def deployments(self, tenant: str, service: str) -> list[DeploymentRecord]:
+        """The service's deployments and rollbacks, oldest first (the last is what runs now)."""
+        state = await self.ledger(tenant, service)
+        return state.records if state is not None else []
+
+    async def history(self, tenant: str, service: str | None = None) -> dict[str, list[DeploymentRecord]]:
+        """Deployments of one service, or of every service of ``tenant`` with a ledger (or an old JSON history)."""
+        if service is not None:
+            return {service: await self.deployments(tenant, service)}
+        self.config.tenant(tenant)
+        names = set(ServiceRecords(self.settings.home / "services").services(tenant))
+        names |= {st.service for st in await self.locks(tenant)}
+        found = {name: await self.deployments(tenant, name) for name in sorted(names)}
+        return {name: records for name, records in found.items() if records}
 
     async def start_rollback(self, tenant: str, service: str, to_sha: str | None = None, by: str | None = None) -> RunHandle:
         """Redeploy the previous image (or the one deployed from ``to_sha``), through the tenant's gate and lock."""
         tenant_cfg = self.config.tenant(tenant)
-        if not is_safe_name(service):
-            raise BadInput(f"--service {service!r} is not a service name; a service Name is {NAME_RULE}")
-        history = self.deployments(tenant, service)
+        history = await self.deployments(tenant, service)
         if not history:
             raise BadInput(f"service {service!r} in tenant {tenant} has no deployment history; nothing to roll back to")
         current = history[-1]

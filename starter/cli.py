@@ -48,6 +48,13 @@ async def _katkit(with_config: bool = True) -> Katkit:
     return await Katkit.connect(load_settings(), config, config_path=state.config_path)
 
 
+def _print_table(table: list[tuple[str, ...]]) -> None:
+    """Rows (the header first) in columns as wide as their widest cell."""
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+
+
 async def _warn_without_worker(kk: Katkit) -> None:
     """After starting something: one line when no worker polls the task queue (it would wait in silence)."""
     note = await kk.worker_note()
@@ -187,9 +194,7 @@ async def list_runs(tenant: str | None, status: str | None, limit: int, as_json:
         return
     header = ("RUN", "TENANT", "REPO", "SHA", "STATUS", "PHASE", "STARTED (UTC)")
     table = [header, *((r.run_id, r.tenant, r.repo, r.sha, r.status, r.phase, r.started) for r in rows)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(table)
 
 
 @cli.command()
@@ -259,6 +264,32 @@ async def locks(tenant: str | None) -> None:
 
 
 @cli.command()
+@click.option("--tenant", required=True, help="Tenant whose deployments to show.")
+@click.option("--service", help="Only this service (default: every service of the tenant).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@_async
+async def history(tenant: str, service: str | None, as_json: bool) -> None:
+    """What runs now in a tenant and what ran before: every deployment and rollback, who started and approved it."""
+    kk = await _katkit()
+    found = await kk.history(tenant, service)
+    if as_json:
+        rows = [{"tenant": tenant, "service": name, "running_now": i == len(records) - 1, **r.model_dump(mode="json")}
+                for name, records in found.items() for i, r in enumerate(records)]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not any(found.values()):
+        click.echo(f"no deployments of {service or 'any service'} in {tenant}")
+        return
+    header = ("SERVICE", "WHEN (UTC)", "KIND", "IMAGE", "RUN", "STARTED BY", "APPROVED BY", "")
+    table = [header]
+    for name, records in found.items():
+        for i, r in enumerate(reversed(records)):
+            table.append((name, r.at.strftime("%Y-%m-%d %H:%M:%S"), r.kind, r.image, r.run_id, r.started_by,
+                          ", ".join(r.approved_by) or "-", "running now" if i == 0 else ""))
+    _print_table(table)
+
+
+@cli.command()
 @click.option("--repo", required=True, help="Linked GitHub repository name from katkit.yaml.")
 @click.option("--json", "as_json", is_flag=True, help="Print the PRs as JSON.")
 @_async
@@ -274,9 +305,7 @@ async def prs(repo: str, as_json: bool) -> None:
     header = ("PR", "HEAD", "AUTHOR", "KATKIT", "TITLE")
     table = [header, *((f"#{p.number}", p.sha[:12], p.author,
                         ", ".join(f"{t}: {s}" for t, s in p.runs.items()) or "-", p.title) for p in pulls)]
-    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    for row in table:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    _print_table(table)
 
 
 @cli.command()
@@ -328,6 +357,40 @@ def demo() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``katkit``. Given ``argv`` (in-process callers, tests) it ends in SystemExit; as the process's entry point
+    (no ``argv``) it ends the process itself, with the exit code its command decided."""
+    if argv is not None:
+        _main(argv)
+        return
+    import logging
+    import os
+    import traceback
+
+    try:
+        _main(None)
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        if not isinstance(exc.code, (int, type(None))):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
+    except BaseException:  # noqa: BLE001 - only --debug lets one through: its traceback, as Python prints it
+        traceback.print_exc()
+        code = 1
+    # Temporal's Rust core runs a Tokio runtime the SDK never shuts down (sdk-python#300): a thread of it delivering an
+    # RPC result re-enters Python while the interpreter finalizes and aborts the process after the command is done.
+    # So the process leaves here, output flushed, and is never finalized: its exit code is the one decided above.
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: Python would exit 120
+            code = code or 120
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> None:
     debug = "--debug" in (argv if argv is not None else sys.argv)
     try:
         cli.main(args=argv, prog_name="katkit", standalone_mode=False)

@@ -89,6 +89,8 @@ async def in_process_worker(client: Client, settings: Settings, threads: int = 2
     """A katkit worker for ``settings`` running in the test's own process until the block ends."""
     with ThreadPoolExecutor(max_workers=threads) as pool:
         async with build_worker(client, settings, pool):
+            # polling, as the starter sees it (what `katkit approve` and `history` check before they ask a worker)
+            await wait_for(Katkit(client, settings).worker_polling, timeout=10, interval=0.02)
             yield
 
 

@@ -359,7 +359,7 @@ async def test_deploy_keeps_the_running_env_and_desired_count(client, settings: 
     assert svc["taskDefinition"] != old and svc["desiredCount"] == 2
     container = ecs.describe_task_definition(taskDefinition=svc["taskDefinition"])["taskDefinition"]["containerDefinitions"][0]
     assert container["image"] == f"app:{sha}" and container["environment"] == [{"name": "GREETING", "value": "hi"}]
-    record = kk.deployments(tenant, "app")[-1]
+    record = (await kk.deployments(tenant, "app"))[-1]
     assert (record.previous_revision, record.revision) == (old, svc["taskDefinition"])
 
 

@@ -51,7 +51,7 @@ async def test_dev_run_builds_tests_and_deploys(kk: Katkit, sha: str, home: Path
     logs = {label: data.decode() async for label, data in kk.follow_logs(handle.run_id)}
     assert "ok 1 add_task" in logs["UNIT_TEST#1"] and "ok 0 add_task" in logs["UNIT_TEST#0"]
     assert "building taskrunner:" in logs["BUILD"]
-    history = LocalPlatform(home / "services").history(kk.config.tenant("d-taskrunner"), "taskrunner")
+    history = await kk.deployments("d-taskrunner", "taskrunner")
     assert [h.image for h in history] == [f"taskrunner:{sha}"] and history[0].started_by == "bob"
 
 
@@ -153,7 +153,7 @@ async def test_prod_waits_for_approval_and_keeps_env_and_replicas(kk: Katkit, sh
     assert st.deployed is not None and st.deployed.image == f"taskrunner:{sha}"
     running = platform.current(kk.config.tenant("p-taskrunner"), "taskrunner")
     assert running is not None and (running.image, running.extra_config, running.replicas) == (f"taskrunner:{sha}", "GREETING=hi", 3)
-    record = platform.history(kk.config.tenant("p-taskrunner"), "taskrunner")[-1]
+    record = (await kk.deployments("p-taskrunner", "taskrunner"))[-1]
     assert (record.previous_image, record.approved_by) == ("taskrunner:old", ["alice"])
     assert [(d.kind, d.by, d.text, d.accepted) for d in st.approval.decisions] == [("approve", "alice", "ship it", True)]
 

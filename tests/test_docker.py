@@ -19,7 +19,7 @@ from katkit.builders import BuilderSpec
 from katkit.builders.docker import DockerBuilder
 from katkit.config import DockerConfig, KatkitConfig, Settings, parse_config
 from katkit.errors import BadInput, InfraError, RunFailed
-from katkit.platforms.docker import SERVICE_LABEL, TENANT_LABEL, DockerPlatform
+from katkit.platforms.docker import SERVICE_LABEL, TENANT_LABEL
 from katkit.reaper import reap_once
 from katkit.sample import commit_files
 from starter.api import Katkit
@@ -146,7 +146,7 @@ async def test_build_test_and_roll_a_service_keeping_env_and_replicas(dk: Katkit
     assert builders(docker_api, tenant) == []
     logs = {label: data.decode() async for label, data in dk.follow_logs(handle.run_id)}
     assert "test shard 0 of 2" in logs["TEST#0"] and "test shard 1 of 2" in logs["TEST#1"]
-    history = DockerPlatform(home / "services").history(dk.config.tenant(tenant), "sample")
+    history = await dk.deployments(tenant, "sample")
     assert [(h.previous_image, h.image, h.started_by) for h in history] == [(f"{image_repo}:old", f"{image_repo}:{sha}", "bob")]
 
 

@@ -1,10 +1,15 @@
-"""``DeployLock``: one deployment at a time per tenant service, across runs, promotions and workers.
+"""``DeployLock``: one deployment at a time per tenant service, and the service's ledger (what ran when).
 
 One workflow per tenant service (id ``lock-<task queue>-<tenant>-<service>``), started on first use by the deploy
 activity through update-with-start. ``acquire`` is an update that returns when the caller holds the lock
 (waiters are served in arrival order) or was superseded; ``release`` frees it. Retries are re-entrant:
 the same run asking again gets the lock it holds. A watchdog frees the lock of a run that closed
 without releasing it (terminated), so no waiter is lost and nothing deadlocks.
+
+The ledger: ``record`` appends a deployment (once per run execution and kind), ``import_history`` takes the
+JSON history older versions kept on a worker's disk (once). Any client or worker reads it with the ``state``
+query, so rollback, a deploy's previous image and ``katkit history`` agree on every host. A workflow with a
+ledger never closes; it continues as new carrying the lock queue and the last ``LEDGER_KEEP`` records.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.katkit_activities import KatkitActivities
-    from katkit.models import ClosedRunsInput, LockEntry, LockGrant, LockRequest, LockState
-    from katkit.names import DEPLOY_LOCK, LOCK_ACQUIRE, LOCK_RELEASE, LOCK_STATE
+    from katkit.models import ClosedRunsInput, LedgerRecord, LockEntry, LockGrant, LockRequest, LockState
+    from katkit.names import DEPLOY_LOCK, LEDGER_IMPORT, LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, LOCK_STATE
+    from katkit.platforms import DeploymentRecord
 
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
+LEDGER_KEEP = 100
 
 
 @workflow.defn(name=DEPLOY_LOCK)
@@ -33,18 +40,24 @@ class DeployLock:
     async def run(self, state: LockState) -> None:
         while True:
             busy = self._state.holder is not None or bool(self._state.waiters)
+            keeps_ledger = self._keeps_ledger()
             try:
                 await workflow.wait_condition(
-                    lambda: self._changed(busy),
-                    timeout=timedelta(seconds=self._state.watchdog_s) if busy else IDLE_CLOSE_AFTER)
+                    lambda: self._changed(busy) or self._keeps_ledger() != keeps_ledger,
+                    timeout=timedelta(seconds=self._state.watchdog_s) if busy else None if keeps_ledger else IDLE_CLOSE_AFTER)
             except TimeoutError:
                 if busy:
                     await self._free_closed_runs()
-                elif workflow.all_handlers_finished():
-                    return  # idle: the next deploy starts the lock again
-            if self._state.grants >= CONTINUE_AS_NEW_AFTER_GRANTS and workflow.all_handlers_finished():
+                elif workflow.all_handlers_finished() and not self._keeps_ledger():
+                    return  # idle, and nothing to remember: the next deploy starts the lock again
+            long_history = self._keeps_ledger() and workflow.info().is_continue_as_new_suggested()
+            if (self._state.grants >= CONTINUE_AS_NEW_AFTER_GRANTS or long_history) and workflow.all_handlers_finished():
                 self._state.grants = 0
                 workflow.continue_as_new(self._state)
+
+    def _keeps_ledger(self) -> bool:
+        """A service with a ledger is remembered for good (older histories never had one: they close when idle)."""
+        return bool(self._state.records) or self._state.imported
 
     def _changed(self, busy: bool) -> bool:
         return busy != (self._state.holder is not None or bool(self._state.waiters))
@@ -64,7 +77,7 @@ class DeployLock:
         st = self._state
         st.policy = req.policy
         if st.holder is not None and st.holder.run_id == req.run_id:
-            return LockGrant(granted=True)  # a retried deploy of the holder
+            return self._grant(0.0)  # a retried deploy of the holder
         asked = workflow.now()
         if req.run_id in st.withdrawn:
             st.withdrawn.remove(req.run_id)
@@ -85,7 +98,11 @@ class DeployLock:
             entry = st.waiters.pop(0)
             st.holder = LockEntry(run_id=entry.run_id, execution=entry.execution, since=workflow.now())
             st.grants += 1
-        return LockGrant(granted=True, waited_s=waited)
+        return self._grant(waited)
+
+    def _grant(self, waited: float) -> LockGrant:
+        st = self._state
+        return LockGrant(granted=True, waited_s=waited, last=st.records[-1] if st.records else None, imported=st.imported)
 
     def _my_turn(self, run_id: str) -> bool:
         st = self._state
@@ -106,6 +123,32 @@ class DeployLock:
         elif any(w.run_id == run_id for w in st.waiters):
             st.waiters = [w for w in st.waiters if w.run_id != run_id]
             st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
+
+    @workflow.update(name=LEDGER_RECORD)
+    def record(self, inp: LedgerRecord) -> None:
+        """Add a deployment to the ledger (a retried deploy of the same run execution records once)."""
+        self._import(inp.legacy)
+        rec, records = inp.record, self._state.records
+        if any((r.run_id, r.execution, r.kind, r.image) == (rec.run_id, rec.execution, rec.kind, rec.image)
+               for r in records[-10:]):
+            return
+        records.append(rec)
+        del records[:-LEDGER_KEEP]
+
+    @workflow.update(name=LEDGER_IMPORT)
+    def import_history(self, legacy: list[DeploymentRecord]) -> LockState:
+        """Take the JSON history an older katkit kept on a worker's disk, once; return the ledger."""
+        self._import(legacy)
+        return self._state
+
+    def _import(self, legacy: list[DeploymentRecord]) -> None:
+        st = self._state
+        if st.imported:
+            return
+        st.imported = True
+        ours = {(r.run_id, r.image, r.at) for r in st.records}
+        st.records = sorted([r for r in legacy if (r.run_id, r.image, r.at) not in ours] + st.records,
+                            key=lambda r: r.at)[-LEDGER_KEEP:]
 
     @workflow.query(name=LOCK_STATE)
     def state(self) -> LockState:

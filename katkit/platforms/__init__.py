@@ -39,6 +39,7 @@ class DeploymentRecord(BaseModel):
     at: datetime
     repo: str = ""
     kind: str = Field("deploy", description="deploy or rollback")
+    execution: str = Field("", description="the workflow run id of the run that deployed (a retry records once)")
     previous_revision: str | None = Field(None, description="ECS: the task definition the service ran before")
     revision: str | None = Field(None, description="ECS: the task definition it runs now")
 
@@ -50,9 +51,9 @@ class Platform(Protocol):
         self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
         progress: Callable[[], None] = ...,
     ) -> None:
-        """Make ``target`` the running service and append ``record`` to its history; call ``progress`` while waiting."""
-
-    def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]: ...
+        """Make ``target`` the running service; call ``progress`` while waiting. The deployment history is the
+        service's ledger in Temporal (kept by the deploy activity), never a platform's: a platform only fills in
+        what it alone knows on ``record`` (ECS: the task definition revisions)."""
 
 
 def get_platform(kind: str, home: Path) -> Platform:
@@ -63,9 +64,9 @@ def get_platform(kind: str, home: Path) -> Platform:
     if kind == "docker":
         from katkit.platforms.docker import DockerPlatform
 
-        return DockerPlatform(home / "services")
+        return DockerPlatform()
     if kind == "ecs":
         from katkit.platforms.ecs import EcsPlatform
 
-        return EcsPlatform(home / "services")
+        return EcsPlatform()
     raise BadInput(f"platform {kind!r} is not available in this version; set the tenant's platform to local")

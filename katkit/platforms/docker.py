@@ -11,13 +11,11 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from katkit.builders.docker import EngineUser, engine_errors
 from katkit.errors import BadInput
 from katkit.platforms import DeploymentRecord, RunningService
-from katkit.platforms.history import ServiceRecords
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
@@ -58,9 +56,8 @@ def format_extra_config(env: dict[str, str]) -> str | None:
 
 
 class DockerPlatform(EngineUser):
-    def __init__(self, records_root: Path, client: Any = None) -> None:
+    def __init__(self, client: Any = None) -> None:
         super().__init__(client)
-        self.records = ServiceRecords(records_root)
 
     def _containers(self, tenant: str, service: str, all: bool = False) -> list[dict[str, Any]]:
         filters = {"label": [f"{TENANT_LABEL}={tenant}", f"{SERVICE_LABEL}={service}"]}
@@ -96,8 +93,6 @@ class DockerPlatform(EngineUser):
         names = [f"{tenant.name}-{target.name}-{tag}-{i}" for i in range(target.replicas)]
         existing = self._containers(tenant.name, target.name, all=True)
         old = [c for c in existing if c["Name"].lstrip("/") not in names]
-        if old:
-            record.previous_image = max(old, key=lambda c: c["Created"])["Config"]["Image"]
         new_ids = [self._ensure_replica(tenant, target, name) for name in names]
         try:
             self._wait_healthy(new_ids, image_info, tenant, progress)
@@ -110,9 +105,6 @@ class DockerPlatform(EngineUser):
                 self.api.remove_container(c["Id"], force=True)
             except docker.errors.NotFound:
                 pass
-        with self.records.update(tenant.name, target.name) as data:
-            data["current"] = target.model_dump(mode="json")
-            data["history"].append(record.model_dump(mode="json"))
 
     def _ensure_replica(self, tenant: TenantConfig, target: RunningService, name: str) -> str:
         import docker.errors
@@ -162,5 +154,3 @@ class DockerPlatform(EngineUser):
         image = container["Config"]["Image"]
         return f"rollout of {image} failed: {what}{f' (log: {tail[-200:]})' if tail else ''}; the old replicas keep serving"
 
-    def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]:
-        return self.records.history(tenant.name, service)

@@ -12,14 +12,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from katkit.aws import aws_errors, client
 from katkit.errors import BadInput
 from katkit.platforms import DeploymentRecord, RunningService
 from katkit.platforms.docker import DeployFailed, format_extra_config, parse_extra_config
-from katkit.platforms.history import ServiceRecords
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
@@ -32,9 +30,6 @@ _TASKDEF_KEYS = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "co
 
 
 class EcsPlatform:
-    def __init__(self, records_root: Path) -> None:
-        self.records = ServiceRecords(records_root)
-
     def _ecs(self, tenant: TenantConfig) -> Any:
         return client("ecs", tenant.ecs.region)
 
@@ -96,9 +91,6 @@ class EcsPlatform:
             ecs.update_service(cluster=tenant.ecs.cluster, service=target.name, taskDefinition=previous,
                                desiredCount=target.replicas)
             raise DeployFailed(f"{failure}; rolled back to {previous.rsplit('/', 1)[-1]}") from None
-        with self.records.update(tenant.name, target.name) as data:
-            data["current"] = target.model_dump(mode="json")
-            data["history"].append(record.model_dump(mode="json"))
 
     def _wait(self, tenant: TenantConfig, service: str, revision: str, progress: Callable[[], None]) -> None:
         deadline = time.monotonic() + tenant.ecs.deploy_timeout.total_seconds()
@@ -120,5 +112,3 @@ class EcsPlatform:
                                    f"{tenant.ecs.deploy_timeout}")
             time.sleep(tenant.ecs.poll.total_seconds())
 
-    def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]:
-        return self.records.history(tenant.name, service)

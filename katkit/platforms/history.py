@@ -1,4 +1,5 @@
-"""Deployment history of every tenant service, kept as JSON files: what deployed what, when, approved by whom."""
+"""Per-host JSON files of tenant services: the local platform's running service, and the deployment history
+that versions before the ledger kept there (read once, to import it into the service's ledger)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class ServiceRecords:
         try:
             return json.loads(self._path(tenant, service).read_text())
         except FileNotFoundError:
-            return {"current": None, "history": []}
+            return {"current": None}
 
     @contextmanager
     def update(self, tenant: str, service: str) -> Iterator[dict[str, Any]]:
@@ -42,9 +43,11 @@ class ServiceRecords:
             tmp.write_text(json.dumps(data, indent=2))
             os.replace(tmp, path)
 
-    def append(self, tenant: str, service: str, record: DeploymentRecord) -> None:
-        with self.update(tenant, service) as data:
-            data["history"].append(record.model_dump(mode="json"))
-
     def history(self, tenant: str, service: str) -> list[DeploymentRecord]:
-        return [DeploymentRecord.model_validate(r) for r in self.load(tenant, service)["history"]]
+        """The JSON history of older versions (empty when there is none)."""
+        return [DeploymentRecord.model_validate(r) for r in self.load(tenant, service).get("history", [])]
+
+    def services(self, tenant: str) -> list[str]:
+        """Services of ``tenant`` with a file here."""
+        folder = self.root / tenant
+        return sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

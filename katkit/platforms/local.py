@@ -1,6 +1,7 @@
-"""The ``local`` platform: service records on disk with their deployment history; nothing runs.
+"""The ``local`` platform: the running service is a record on disk; nothing runs.
 
-``<root>/<tenant>/<service>.json`` holds ``{"current": RunningService, "history": [DeploymentRecord]}``.
+``<root>/<tenant>/<service>.json`` holds ``{"current": RunningService, ...}`` (older versions kept the deployment
+history there too: it is imported into the service's ledger once, and never written again).
 """
 
 from __future__ import annotations
@@ -34,7 +35,3 @@ class LocalPlatform:
                progress: Callable[[], None] = lambda: None) -> None:
         with self.records.update(tenant.name, target.name) as data:
             data["current"] = target.model_dump(mode="json")
-            data["history"].append(record.model_dump(mode="json"))
-
-    def history(self, tenant: TenantConfig, service: str) -> list[DeploymentRecord]:
-        return self.records.history(tenant.name, service)

@@ -36,6 +36,7 @@ from katkit.models import (
     CheckoutInput,
     ClosedRunsInput,
     LedgerRecord,
+    PickHostInput,
     LockGrant,
     LockRequest,
     LockState,
@@ -77,6 +78,11 @@ def translate_errors(fn: F) -> F:
             raise ApplicationError(str(exc), type="InfraError") from exc
 
     return wrapper  # type: ignore[return-value]
+
+
+def installation_queue(task_queue: str) -> str:
+    """The shared task queue of a worker host's own queue (``katkit@host`` -> ``katkit``): what labels name."""
+    return task_queue.split("@", 1)[0]
 
 
 _log_writers: dict[str, int] = {}
@@ -127,7 +133,9 @@ class KatkitActivities:
         lock_watchdog_s: float = 30.0,
         ui_url: str = "http://localhost:8233",
         github_token: str | None = None,
+        host_queue: str | None = None,
     ) -> None:
+        self.host_queue = host_queue  # this worker host's own task queue (None: shards go to the shared queue)
         self.ui_url = ui_url
         self._github_token = github_token
         self.client = client
@@ -141,7 +149,17 @@ class KatkitActivities:
 
     def all(self) -> list[Callable[..., Any]]:
         return [self.checkout, self.run_shard, self.remove_builder, self.deploy, self.closed_runs, self.notify,
-                self.github_report]
+                self.github_report, self.pick_host]
+
+    def host_bound(self) -> list[Callable[..., Any]]:
+        """What the worker host's own task queue serves: the activities that touch a builder of this host."""
+        return [self.run_shard, self.remove_builder]
+
+    @activity.defn(name="pick_host")
+    def pick_host(self, inp: PickHostInput) -> str:
+        """This worker host's task queue: where shards go when the host that had them did not come back."""
+        log.info("taking over shards from a host that did not come back", why=inp.reason, host=self.host_queue)
+        return self.host_queue or activity.info().task_queue
 
     def _token(self, link: LinkConfig) -> str | None:
         return link.github_token(self._github_token)
@@ -159,6 +177,7 @@ class KatkitActivities:
             builder = self._builders(inp.tenant)
             for image in sorted({p.image or "" for p in plan.phases if p.type == PhaseType.EXECUTION}):
                 builder.check_image(image or None)
+        plan.host_queue = self.host_queue  # the run's shards go to this host, which has just fetched the sha
         return plan
 
     @activity.defn(name="run_shard")
@@ -178,7 +197,7 @@ class KatkitActivities:
         return result
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
-        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
+        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
         builder = self._builders(inp.tenant)
         spec = BuilderSpec(
@@ -186,7 +205,8 @@ class KatkitActivities:
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
                     "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
                     "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace,
-                    "katkit.task_queue": activity.info().task_queue},
+                    "katkit.task_queue": installation_queue(activity.info().task_queue),
+                    "katkit.generation": str(inp.generation)},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
             env=contract_env(inp, self._github_token), image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
@@ -210,11 +230,14 @@ class KatkitActivities:
             # store's size (which may hold what another builder or a note wrote)
             details = activity.info().heartbeat_details
             offset = int(details[0]) if details and not fresh else 0
+            note = f"[katkit] {inp.log_note}\n".encode() if inp.log_note else b""
+            if fresh and note:  # why this builder is a new one (its host did not come back), then its own log
+                self.log_store.write_at(key, 0, note)
             deadline = inp.deadline.timestamp()
             waited = False
             while True:
                 state = builder.state(name)
-                offset = self._pump(builder, name, key, offset, attempt)
+                offset = self._pump(builder, name, key, offset, attempt, base=len(note))
                 if not state.running:
                     break
                 if time.time() >= deadline:
@@ -268,14 +291,15 @@ class KatkitActivities:
         self.log_store.finish(key, result.model_dump_json())
         return result
 
-    def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int) -> int:
+    def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int, base: int = 0) -> int:
+        """Copy the builder's log from ``offset`` into the store (at ``base + offset``); return the new offset."""
         while True:
             if _log_writers.get(key, attempt) != attempt:
                 raise CancelledError("a newer attempt of this shard writes its log now")
             chunk = builder.read_log(name, offset, LOG_CHUNK)
             if not chunk:
                 return offset
-            self.log_store.write_at(key, offset, chunk)
+            self.log_store.write_at(key, base + offset, chunk)
             offset += len(chunk)
             if len(chunk) < LOG_CHUNK:
                 return offset

@@ -26,19 +26,33 @@ def parse_duration(value: Any) -> Any:
     """Accept ``90``, ``"90s"``, ``"15m"``, ``"24h"``, ``"1h30m"``, ``"2d"``; pass timedeltas through."""
     if isinstance(value, timedelta) or value is None:
         return value
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        m = _DURATION.match(value)
-        if m and any(m.groups()):
-            d, h, mi, s = (int(g or 0) for g in m.groups())
-            return timedelta(days=d, hours=h, minutes=mi, seconds=s)
-        if re.fullmatch(r"P.*", value):  # ISO 8601, as pydantic serialises timedeltas
-            return value
-    raise ValueError(f"{value!r} is not a duration; write e.g. 90s, 15m, 24h, 1h30m or 2d")
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m and any(m.groups()):
+                d, h, mi, s = (int(g or 0) for g in m.groups())
+                return timedelta(days=d, hours=h, minutes=mi, seconds=s)
+            if re.fullmatch(r"P.*", value):  # ISO 8601, as pydantic serialises timedeltas
+                return value
+    except (OverflowError, ValueError):  # inf, nan, beyond timedelta's 999999999 days, beyond int's digits limit
+        raise ValueError(f"{_short(value)} is not a duration katkit can hold; write e.g. 90s, 15m, 24h, 1h30m or 2d") from None
+    raise ValueError(f"{_short(value)} is not a duration; write e.g. 90s, 15m, 24h, 1h30m or 2d")
 
 
-Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _not_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):  # also: its JSON form "-PT5S" would not parse back when the config crosses into a workflow
+        raise ValueError("a duration may not be negative; write 0 or more, e.g. 90s, 15m, 24h, 1h30m or 2d")
+    return value
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration), AfterValidator(_not_negative)]
 
 
 def _safe_name(value: str) -> str:
@@ -92,6 +106,8 @@ class DockerConfig(Strict):
     tenant_network: str | None = Field(None, description="the tenant's network (services; builders when LocalFleet is true); default: the tenant's name")
     docker_socket: bool = Field(False, description="mount the engine's socket into builders so ci.sh can docker build")
     mount_mirror: bool = Field(True, description="builders clone from the worker's git mirror, mounted read-only")
+    shared_engine: bool = Field(False, description="every worker host uses this one engine (DOCKER_HOST): a shard "
+                                "needs no particular host; default: each host has its own engine")
     settle: Duration = Field(timedelta(seconds=3), description="how long a new replica without HEALTHCHECK must keep running")
     health_timeout: Duration = Field(timedelta(minutes=5), description="how long new replicas may take to become healthy")
 
@@ -135,12 +151,20 @@ class TenantConfig(Strict):
     builder: Literal["docker", "ecs", "local"] = "local"
     approval: ApprovalPolicy = Field(default_factory=ApprovalPolicy)
     phase_timeout: Duration = timedelta(hours=1)
+    host_wait: Duration = Field(timedelta(minutes=10), description="how long a shard waits for the worker host that "
+                                "owns its builder to come back before it starts afresh on another host")
     docker: DockerConfig = Field(default_factory=DockerConfig)
     ecs: EcsConfig = Field(default_factory=EcsConfig)
     deploy_lock: Literal["queue", "supersede"] = Field(
         "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
     webhooks: list[str] = Field(default_factory=list, description="URLs that receive a JSON event for each gate/deploy event")
     github: TenantGitHub = Field(default_factory=TenantGitHub)
+
+    @property
+    def builders_need_their_host(self) -> bool:
+        """Whether a shard's builder can only be re-attached from the worker host that started it: a local process,
+        or a container on a per-host engine. ECS tasks and a shared engine are reachable from every host."""
+        return self.builder == "local" or (self.builder == "docker" and not self.docker.shared_engine)
 
     @property
     def github_environment(self) -> str:
@@ -226,6 +250,23 @@ class KatkitConfig(Strict):
                           "add it to katkit.yaml under links")
 
 
+def _check_strings(data: Any, source: str) -> None:
+    """Refuse a string with an unpaired surrogate ("\\ud800" in YAML): no UTF-8 payload (Temporal's) can hold it."""
+    todo, seen = [data], set()
+    while todo:  # iteratively and once per object: YAML aliases share objects, so a tree walk could be exponential
+        node = todo.pop()
+        if isinstance(node, str):
+            if not node.isascii():
+                try:
+                    node.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ConfigError(f"{source}: the string {_short(node)} holds an unpaired surrogate; "
+                                      "write the character itself, not \\uD800-\\uDFFF") from None
+        elif isinstance(node, (dict, list, tuple, set, frozenset)) and id(node) not in seen:
+            seen.add(id(node))
+            todo.extend([*node, *node.values()] if isinstance(node, dict) else node)
+
+
 def _first_error(exc: ValidationError, source: str) -> ConfigError:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -245,8 +286,16 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
         context = " ".join(str(getattr(exc, "context", None) or "").split())
         what = f"{problem} ({context})" if context and context != problem else problem
         raise ConfigError(f"{source}: not valid YAML{at}: {what}; fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply; flatten the lists and mappings") from None
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors fail on some scalars with ValueError (2001-02-30,
+        # a 5000-digit number), IndexError (an empty !!int or !!float), KeyError (!!bool x), AttributeError (!!timestamp x)
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"{source}: not valid YAML: a value cannot be read ({detail}); fix or quote the value, "
+                          "and drop any !!int, !!float, !!bool or !!timestamp tag") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'tenants' and 'links' at the top level")
+    _check_strings(data, source)
     try:
         return KatkitConfig.model_validate(data)
     except ValidationError as exc:
@@ -291,6 +340,8 @@ class Settings(BaseSettings):
     address: str = Field(default_factory=lambda: os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
     namespace: str = Field(default_factory=lambda: os.environ.get("TEMPORAL_NAMESPACE", "default"))
     task_queue: str = "katkit"
+    host_id: str | None = Field(None, description="this worker host's name on its own task queue "
+                                "(default: the hostname and a hash of the katkit home; stable across restarts)")
     tls: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -302,6 +353,15 @@ class Settings(BaseSettings):
     lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
     github_token: str | None = Field(None, repr=False, description="GitHub token: API calls and git over HTTPS")
     github_webhook_secret: str | None = Field(None, repr=False, description="the secret GitHub signs webhook deliveries with")
+
+    @property
+    def host_queue(self) -> str:
+        """The task queue of this worker host alone: a shard's attempts go there, so a retry re-attaches here."""
+        import hashlib
+        import socket
+
+        host = self.host_id or f"{socket.gethostname()}-{hashlib.sha256(str(self.home.resolve()).encode()).hexdigest()[:8]}"
+        return f"{self.task_queue}@{host}"
 
     @property
     def logs_path(self) -> Path:

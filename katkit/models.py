@@ -55,6 +55,7 @@ class RunPlan(Model):
     local_fleet: bool = False
     phases: list[Phase]
     service: ServiceDescription | None = None
+    host_queue: str | None = Field(None, description="the task queue of the worker host that read the plan")
 
 
 class CommitRunInput(Model):
@@ -85,6 +86,12 @@ class ShardInput(Model):
     shard_index: int
     local_fleet: bool = False
     deadline: datetime = Field(description="when ci.sh is killed and the shard fails (the phase timeout)")
+    generation: int = Field(0, description="how often the shard started afresh on another host (a new builder each)")
+    log_note: str = Field("", description="a line the log starts with (why the shard started afresh)")
+
+
+class PickHostInput(Model):
+    reason: str = ""
 
 
 class RemoveBuilderInput(Model):
@@ -150,6 +157,8 @@ class ShardState(Model):
     log_key: str = ""
     duration_s: float | None = None
     reattached: bool = Field(False, description="a retried activity found this shard's builder and re-attached to it")
+    generation: int = Field(0, description="how often it started afresh because its host did not come back")
+    host: str = Field("", description="the task queue of the worker host that runs its builder")
 
 
 class PhaseState(Model):

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos import Scene, eventually, processes_in, slow_lines
+from tests.test_replay import HISTORIES, assert_replays
 
 LONG = os.environ.get("KATKIT_CHAOS_LONG") == "1"
 
@@ -121,3 +122,68 @@ async def test_a_ci_sh_that_traps_term_is_gone_within_the_grace(trap: str, how: 
             await kk.wait(handle.run_id)
     assert gone_after <= grace + 2, f"ci.sh outlived the {grace} s grace by {gone_after - grace:.1f} s"
     assert not any((home / "builders").iterdir())
+
+
+def _hosts_with_slow_builders(scene: Scene) -> list:
+    return [h for h in scene.hosts if any((h.home / "builders").glob("*-slow-*"))]
+
+
+@pytest.mark.parametrize("comes_back", [True, False])
+async def test_two_hosts_one_killed_mid_phase(scene: Scene, comes_back: bool) -> None:
+    """Two worker hosts (homes of their own) on one task queue; the one running the shards is killed -9.
+
+    Restarted: its shards re-attach there. Gone: after the tenant's host_wait they start afresh on the other host,
+    the log says so in one line, and the old builders are reaped when the host returns."""
+    from datetime import timedelta
+
+    scene.config.tenant("d-taskrunner").host_wait = timedelta(seconds=5)
+    for name in ("a", "b"):
+        scene.host(name).start()
+    kk = await scene.katkit()
+    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
+    await eventually(lambda: _slow_shards_running(scene), timeout=60)
+    [victim] = _hosts_with_slow_builders(scene)  # every shard of a run goes to the host that checked it out
+    [other] = [h for h in scene.hosts if h is not victim]
+    victim.signal(signal.SIGKILL)
+    if comes_back:
+        await asyncio.sleep(3)
+        victim.start()
+        await assert_whole_run(scene, kk, handle.run_id, timeout=120)
+        assert not any((other.home / "builders").glob("*"))  # nothing ever ran on the other host
+        st = await kk.status(handle.run_id)
+        assert all(s.reattached and s.generation == 0 for s in st.phases[1].shards)
+        return
+    # gone: the shards start afresh on the other host after host_wait
+    await eventually(lambda: len(list((other.home / "builders").glob("*-slow-*"))) == 2, timeout=90)
+    victim.start()  # it returns while the run goes on elsewhere: its reaper removes its old builders at start
+    await eventually(lambda: not any((victim.home / "builders").glob("*")) and not processes_in(victim.home), timeout=60)
+    st = await eventually(lambda: _ended(kk, handle.run_id), timeout=120)
+    assert st.status == "succeeded", st.error
+    assert sorted(scene.starts()) == ["BUILD 0", "SLOW 0", "SLOW 0", "SLOW 1", "SLOW 1"]
+    for shard in (0, 1):
+        [log] = scene.logs.rglob(f"SLOW/{shard}.log")
+        text = log.read_text()
+        first = text.splitlines()[0]
+        assert first.startswith("[katkit] host ") and "did not come back within 0:00:05: this shard started afresh on" in first
+        assert slow_lines(text) == [f"line {i}" for i in range(1, scene.lines + 1)], text
+    other_queue = scene.settings.model_copy(update={"home": other.home}).host_queue
+    assert [(s.generation, s.host) for s in st.phases[1].shards] == [(1, other_queue)] * 2
+    for host in scene.hosts:
+        assert not any((host.home / "builders").glob("*")) and processes_in(host.home) == []
+    history = await kk.client.get_workflow_handle(handle.run_id).fetch_history()
+    await assert_replays([history])  # the path of a shard moved to another host, replayed (and kept when recording)
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "hosts1_host_gone.json").write_text(history.to_json())
+
+
+async def test_a_worker_with_another_log_store_is_warned_at_start(scene: Scene) -> None:
+    shared = scene.host("a")
+    shared.start()
+    kk = await scene.katkit()
+    await eventually(kk.worker_polling, timeout=60)
+    lone = scene.host("c", extra_env={"KATKIT_LOG_DIR": str(scene.root / "logs-of-c")})
+    lone.start()
+    await eventually(lambda: "worker started" in (lone.home / "worker.log").read_text(), timeout=60)
+    text = (lone.home / "worker.log").read_text()
+    assert "another worker host polls this task queue with another log store" in text, text
+    assert "another log store" not in (shared.home / "worker.log").read_text()

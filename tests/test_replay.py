@@ -44,7 +44,8 @@ async def test_recorded_histories_replay() -> None:
     assert len(files) >= 10, "recorded histories are missing"
     assert any(f.name.startswith("gates1_") for f in files) and any(f.name.startswith("github1_") for f in files)
     assert any(f.name.startswith("ledger1_") for f in files)  # a DeployLock keeping a service's ledger
-    assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_")) for f in files)
+    assert {f.name for f in files} >= {"hosts1_dev_succeeded.json", "hosts1_host_gone.json"}  # shards on their host
+    assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_", "hosts1_")) for f in files)
     histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
     await assert_replays(histories)
 
@@ -126,6 +127,18 @@ async def test_fresh_histories_replay(kk: Katkit, repo: Path, sha: str) -> None:
         for name, history in zip(runs, histories):
             (HISTORIES / f"gates1_{name}.json").write_text(history.to_json())
 
+
+
+@pytest.mark.usefixtures("worker")
+async def test_host_affinity_histories_replay(kk: Katkit, sha: str) -> None:
+    """A run whose shards go to the worker host that checked it out (katkit-hosts-1), run now and replayed."""
+    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
+    st = await kk.wait(handle.run_id)
+    assert {s.host for p in st.phases for s in p.shards} == {kk.settings.host_queue}
+    history = await kk.client.get_workflow_handle(handle.run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "hosts1_dev_succeeded.json").write_text(history.to_json())
 
 
 async def _open_and(kk: Katkit, run_id: str, status: str) -> bool:

@@ -11,7 +11,8 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, FailureError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from activities.katkit_activities import KatkitActivities
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from katkit.models import (
         ApprovalState,
         NotifyInput,
+        PickHostInput,
         RollbackSpec,
         ServiceDescription,
         CheckoutInput,
@@ -72,6 +74,8 @@ NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attemp
 NOTIFY_BUDGET = timedelta(seconds=20)
 GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded before it replay without them
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
+HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
+PICK_HOST_TIMEOUT = timedelta(seconds=30)
 GITHUB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[BAD_INPUT_TYPE])
 GITHUB_BATCH_BUDGET = timedelta(minutes=5)  # one batch of updates, retries included; then the next batch
@@ -110,12 +114,15 @@ class CommitRun:
         self._gh_sender: asyncio.Future[None] | None = None
         self._gh_deployment_id: int | None = None
         self._gh_deployment_opened = False
+        self._hosts = False
+        self._host: str | None = None  # the worker host whose builders this run's shards use (its own task queue)
 
     # -- the run ---------------------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: CommitRunInput) -> RunStatus:
         self._v2 = workflow.patched(GATES_PATCH)
         self._gh = bool(inp.link.github) and workflow.patched(GITHUB_PATCH)
+        self._hosts = inp.tenant.builders_need_their_host and workflow.patched(HOSTS_PATCH)
         try:
             self._set(status="running", phase="checkout" if inp.rollback is None else "ROLLBACK")
             plan = self._rollback_plan(inp.rollback) if inp.rollback else await workflow.execute_activity_method(
@@ -123,6 +130,7 @@ class CommitRun:
                 start_to_close_timeout=CHECKOUT_TIMEOUT, retry_policy=INFRA_RETRY,
                 summary=f"checkout {inp.link.repo}@{inp.sha[:12]}",
             )
+            self._host = plan.host_queue if self._hosts else None
             self._status.phases = [
                 PhaseState(name=p.name, type=p.type, order=p.order, parallelism=p.parallelism,
                            shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
@@ -165,19 +173,22 @@ class CommitRun:
     async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
         self._start_phase(state, "running")
         deadline = workflow.now() + self._inp.tenant.phase_timeout
-        attempt = workflow.info().run_id
-        tasks = {
-            asyncio.ensure_future(workflow.execute_activity_method(
+
+        def start(i: int, note: str = "") -> asyncio.Future[ShardResult]:
+            shard = state.shards[i]
+            shard.host = self._host or ""
+            return asyncio.ensure_future(workflow.execute_activity_method(
                 KatkitActivities.run_shard,
-                ShardInput(run_id=self._status.run_id, attempt_key=attempt, tenant=self._inp.tenant, link=self._inp.link,
-                           sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet, deadline=deadline),
+                ShardInput(run_id=self._status.run_id, attempt_key=workflow.info().run_id, tenant=self._inp.tenant,
+                           link=self._inp.link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
+                           deadline=deadline, generation=shard.generation, log_note=note),
                 start_to_close_timeout=self._inp.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
                 heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}",
-            )): i
-            for i in range(phase.parallelism)
-        }
+                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}", **self._host_options(),
+            ))
+
+        tasks = {start(i): i for i in range(phase.parallelism)}
         for shard in state.shards:
             shard.state = "running"
         failure = ""
@@ -191,7 +202,14 @@ class CommitRun:
                 done, rest = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 pending = in_shard_order(rest)
                 for task in in_shard_order(done):
-                    failure = failure or self._record_shard(phase, state.shards[tasks[task]], task)
+                    i = tasks[task]
+                    if self._host_gone(task):  # its host did not come back in time: start afresh on another
+                        note = await self._move_to_another_host(state.shards[i])
+                        retry = start(i, note)
+                        tasks[retry] = i
+                        pending = in_shard_order({*pending, retry})
+                        continue
+                    failure = failure or self._record_shard(phase, state.shards[i], task)
         except (asyncio.CancelledError, CancelledError):
             await self._cancel_shards(pending, state, "cancelled")
             self._end_phase(state, "cancelled")
@@ -202,6 +220,32 @@ class CommitRun:
             raise RunFailure(f"phase {phase.name} failed: {failure}")
         self._end_phase(state, "succeeded")
 
+    # -- worker hosts: a shard's attempts go to the host that owns its builder --------------------------------
+    def _host_options(self) -> dict[str, object]:
+        """Activity options that send a builder's activities to its host, waiting for it at most ``host_wait``."""
+        if self._host is None:
+            return {}
+        return {"task_queue": self._host, "schedule_to_start_timeout": self._inp.tenant.host_wait}
+
+    def _host_gone(self, task: asyncio.Future[ShardResult]) -> bool:
+        if task.cancelled():
+            return False
+        exc = task.exception()
+        return (self._host is not None and isinstance(exc, ActivityError) and isinstance(exc.cause, ActivityTimeout)
+                and exc.cause.type == TimeoutType.SCHEDULE_TO_START)
+
+    async def _move_to_another_host(self, shard: ShardState) -> str:
+        """Pick a live host for the rest of the run; return the line the shard's new log starts with."""
+        gone, waited = self._host, self._inp.tenant.host_wait
+        self._host = await workflow.execute_activity_method(
+            KatkitActivities.pick_host, PickHostInput(reason=f"{gone} did not come back within {waited}"),
+            start_to_close_timeout=PICK_HOST_TIMEOUT, retry_policy=INFRA_RETRY, summary="pick a worker host")
+        shard.generation += 1
+        note = (f"host {gone} did not come back within {waited}: this shard started afresh on {self._host} "
+                f"(its builder there is removed when that host returns)")
+        workflow.logger.warning(note)
+        return note
+
     def _record_shard(self, phase: Phase, shard: ShardState, task: asyncio.Future[ShardResult]) -> str:
         """Record a finished shard; return why it failed, or '' when it succeeded."""
         label = f"shard {shard.index + 1}/{phase.parallelism}"
@@ -209,7 +253,8 @@ class CommitRun:
         if exc is not None:
             shard.state = "failed"
             cause = exc.cause.message if isinstance(exc, ActivityError) and isinstance(exc.cause, FailureError) else str(exc)
-            self._cleanup_later.append(builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index))
+            self._cleanup_later.append(builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index,
+                                                    shard.generation))
             return f"{label}: {cause}"
         result = task.result()
         shard.exit_code, shard.log_key, shard.reattached = result.exit_code, result.log_key, result.reattached
@@ -233,10 +278,15 @@ class CommitRun:
             if shard.state == "running":
                 shard.state = why
         for name in self._cleanup_later:  # builders whose activity gave up: never leave them behind
-            await workflow.execute_activity_method(
-                KatkitActivities.remove_builder, RemoveBuilderInput(tenant=self._inp.tenant, builder=name),
-                start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY,
-            )
+            try:
+                await workflow.execute_activity_method(
+                    KatkitActivities.remove_builder, RemoveBuilderInput(tenant=self._inp.tenant, builder=name),
+                    start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, **self._host_options(),
+                )
+            except ActivityError as exc:
+                if not self._hosts:
+                    raise
+                workflow.logger.warning("builder %s left to its host's reaper: %s", name, exc)
         self._cleanup_later.clear()
 
     async def _deploy(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:

@@ -57,9 +57,11 @@ class Builder(Protocol):
         """Raise BadInput unless a phase could start with ``image`` (None: the default builder image)."""
 
 
-def builder_name(run_id: str, attempt_key: str, phase: str, shard: int) -> str:
-    """``katkit-<readable run>-<phase>-<shard>-<hash>``: readable, unique per execution, stable across retries."""
-    digest = hashlib.sha256(f"{attempt_key}\0{phase}\0{shard}".encode()).hexdigest()[:10]
+def builder_name(run_id: str, attempt_key: str, phase: str, shard: int, generation: int = 0) -> str:
+    """``katkit-<readable run>-<phase>-<shard>-<hash>``: readable, unique per execution (and per generation: a shard
+    started afresh on another host gets a new builder), stable across retries."""
+    key = f"{attempt_key}\0{phase}\0{shard}" + (f"\0{generation}" if generation else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
     slug = re.sub(r"[^a-z0-9]+", "-", f"{run_id}".lower()).strip("-")[:40]
     pslug = re.sub(r"[^a-z0-9]+", "-", phase.lower()).strip("-")[:20]
     return f"katkit-{slug}-{pslug}-{shard}-{digest}"

@@ -3,6 +3,7 @@
 #   ./dev.sh demo     the main job end to end (Temporal dev server + worker + a sample repo through DEV and PROD)
 #   ./dev.sh test     the whole test suite (what CI runs)
 #   ./dev.sh bench    the benchmarks (the Docker one when an engine answers)
+#   ./dev.sh chaos    the chaos tests with their long variants (a 5 min server outage, a 60 s frozen worker)
 #   ./dev.sh ARGS     any katkit command, e.g. ./dev.sh status RUN
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -28,7 +29,9 @@ case "$cmd" in
   bench)
     .venv/bin/python bench/bench_local.py "$@"
     .venv/bin/python bench/bench_gate.py
+    .venv/bin/python bench/bench_cancel.py
     if docker info >/dev/null 2>&1; then .venv/bin/python bench/bench_docker.py
     else echo "dev.sh: no Docker engine: skipped bench/bench_docker.py (see README, Docker)" >&2; fi ;;
+  chaos) KATKIT_CHAOS_LONG=1 exec .venv/bin/python -m pytest tests/test_chaos.py "$@" ;;
   *) exec .venv/bin/katkit "$cmd" "$@" ;;
 esac

@@ -101,7 +101,7 @@ class Host:
 class Scene:
     """A dev server, a sample repository whose SLOW phase prints numbered lines, and a starter connected to it."""
 
-    def __init__(self, root: Path, *, lines: int = 40, pause: float = 0.5, shards: int = 2) -> None:
+    def __init__(self, root: Path, *, lines: int = 40, pause: float = 0.5, shards: int = 2, builder: str = "local") -> None:
         self.root = root
         self.server = DevServer(root / "server")
         self.repo = root / "taskrunner"
@@ -119,7 +119,11 @@ class Scene:
                                  "servicedescription/servicedescription.js": '{"Name": "taskrunner", "DockerImage": "taskrunner:<hubtag>"}'})
         self.sha = subprocess.run(["git", "-C", str(self.repo), "rev-parse", "HEAD"], capture_output=True,
                                   text=True, check=True).stdout.strip()
-        self.config = parse_config(SAMPLE_CONFIG_YAML.format(url=self.repo))
+        yaml = SAMPLE_CONFIG_YAML.format(url=self.repo)
+        if builder == "docker":  # d-taskrunner's builders are containers (no network: the mirror is mounted)
+            yaml = yaml.replace("    builder: local\n", "    builder: docker\n    docker: {builder_network: none, "
+                                "tenant_network: none}\n", 1)
+        self.config = parse_config(yaml)
         self.settings = Settings(home=root / "starter", address=self.server.address, namespace="default",
                                  task_queue=f"katkit-chaos-{uuid.uuid4().hex[:8]}", log_dir=self.logs)
         self.hosts: list[Host] = []

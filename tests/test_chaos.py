@@ -71,6 +71,35 @@ async def test_server_killed_and_restarted_mid_phase(scene: Scene, outage_s: int
     await assert_whole_run(scene, kk, handle.run_id, timeout=120 + outage_s)
 
 
+async def test_server_killed_and_restarted_mid_phase_on_docker(tmp_path: Path, docker_api) -> None:
+    """The same outage with Docker builders: one container per shard ever, the log whole."""
+    scene = Scene(tmp_path, builder="docker")
+    scene.server.start()
+    since = int(time.time()) - 1
+    try:
+        scene.host("a").start()
+        kk = await scene.katkit()
+        handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
+        await eventually(lambda: len(list(scene.logs.rglob("SLOW/*.log"))) == 2 and all(
+            b"line 3" in p.read_bytes() for p in scene.logs.rglob("SLOW/*.log")), timeout=90)
+        scene.server.kill()
+        await asyncio.sleep(15)
+        scene.server.start()
+        st = await eventually(lambda: _ended(kk, handle.run_id), timeout=150)
+        assert st.status == "succeeded", st.error
+        for shard in (0, 1):
+            [log] = scene.logs.rglob(f"SLOW/{shard}.log")
+            text = log.read_text()
+            assert slow_lines(text) == [f"line {i}" for i in range(1, scene.lines + 1)], text
+            assert "cancelled" not in text and text.count("[katkit-agent] running ci.sh") == 1, text
+        created = [e for e in docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
+                                                filters={"event": "create", "label": f"katkit.run={handle.run_id}"})]
+        assert len(created) == 3, created  # BUILD and the two SLOW shards: one container each, ever
+        assert docker_api.containers(all=True, filters={"label": f"katkit.run={handle.run_id}"}) == []
+    finally:
+        scene.close()
+
+
 @pytest.mark.parametrize("freeze_s", [15] + ([60] if LONG else []))
 async def test_worker_frozen_mid_phase(scene: Scene, freeze_s: int) -> None:
     host = scene.host("a")

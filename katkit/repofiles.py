@@ -24,13 +24,53 @@ MAX_PARALLELISM = 256
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+MAX_JSON_DEPTH = 64
+"""Arrays/objects in arrays/objects; deeper data would not survive the trip through Temporal's JSON payloads."""
+
+
 def _load_json(text: str, file: str) -> Any:
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RepoFileError(
             file, f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", "fix the syntax (it must be plain JSON)"
         ) from None
+    except RecursionError:  # nested beyond Python's recursion limit
+        raise _too_deep(file) from None
+    except ValueError:  # a number beyond Python's int digits limit (sys.get_int_max_str_digits)
+        raise RepoFileError(file, "a number has too many digits", "write numbers of at most a few digits") from None
+    todo = [(data, 1)]
+    while todo:  # iteratively: the check itself must not recurse
+        node, depth = todo.pop()
+        if isinstance(node, str) and not node.isascii():
+            try:
+                node.encode("utf-8")
+            except UnicodeEncodeError:  # "\ud800": JSON allows it, but no UTF-8 payload (Temporal's) can hold it
+                raise RepoFileError(
+                    file, f"the string {_show(node)} holds an unpaired surrogate", "write the character itself, not \\uD800-\\uDFFF"
+                ) from None
+        elif isinstance(node, (list, dict)):
+            if depth > MAX_JSON_DEPTH:
+                raise _too_deep(file)
+            children = [*node, *node.values()] if isinstance(node, dict) else node  # an object's keys, too
+            todo.extend((child, depth + 1) for child in children)
+    return data
+
+
+def _too_deep(file: str) -> RepoFileError:
+    return RepoFileError(file, f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)", "flatten the arrays and objects")
+
+
+def _show(value: Any) -> str:
+    """A JSON value from the file for a one-line message: a short repr, never a whole array or object."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return "a very large number"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def parse_build_params(value: Any, file: str, phase: str) -> dict[str, str]:
@@ -48,7 +88,8 @@ def parse_build_params(value: Any, file: str, phase: str) -> dict[str, str]:
         key, eq, val = item.partition("=")
         key = key.strip()
         if not eq:
-            raise RepoFileError(file, f"{field} item {item!r} has no '='", f"write it as {item}=VALUE (or {item}= for empty)")
+            key = key if _ENV_KEY.fullmatch(key) else "KEY"  # the item itself may hold line breaks or quotes
+            raise RepoFileError(file, f"{field} item {item!r} has no '='", f"write it as {key}=VALUE (or {key}= for empty)")
         if not _ENV_KEY.match(key):
             raise RepoFileError(file, f"{field} key {key!r} is not a valid variable name", "use letters, digits and _")
         params[key] = val.strip()
@@ -61,8 +102,11 @@ def _as_int(value: Any, file: str, field: str) -> int:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
-        return int(value)
-    raise RepoFileError(file, f"{field} is {value!r}, not a whole number", "write a whole number")
+        try:
+            return int(value)
+        except ValueError:  # more digits than Python's int digits limit
+            pass
+    raise RepoFileError(file, f"{field} is {_show(value)}, not a whole number", "write a whole number")
 
 
 def _as_bool(value: Any, file: str, field: str) -> bool:
@@ -72,7 +116,7 @@ def _as_bool(value: Any, file: str, field: str) -> bool:
         return value.strip().lower() == "true"
     if value is None:
         return False
-    raise RepoFileError(file, f"{field} is {value!r}", 'write "true" or "false"')
+    raise RepoFileError(file, f"{field} is {_show(value)}", 'write "true" or "false"')
 
 
 def _parse_phase(raw: Any, file: str, position: int) -> Phase:
@@ -82,9 +126,9 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     if not is_safe_name(name):
         raise RepoFileError(file, f"WorkFlow item {position} has Name {name!r}", f"give every phase a Name of {NAME_RULE}")
     ptype = raw.get("PhaseType")
-    if isinstance(ptype, bool) or ptype not in PHASE_TYPES:
+    if isinstance(ptype, bool) or not isinstance(ptype, (int, float)) or ptype not in PHASE_TYPES:  # lists: unhashable
         raise RepoFileError(
-            file, f"phase {name!r} has PhaseType {ptype!r}", "use 4 for an execution phase or 1 for the deployment phase"
+            file, f"phase {name!r} has PhaseType {_show(ptype)}", "use 4 for an execution phase or 1 for the deployment phase"
         )
     parallelism = _as_int(raw.get("Parallelism", 1), file, f"phase {name!r} Parallelism")
     if parallelism < 1:
@@ -95,7 +139,7 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     if isinstance(image, str) and not image.strip():
         image = None
     if image is not None and not isinstance(image, str):
-        raise RepoFileError(file, f"phase {name!r} has ContinerImage {image!r}", "give an image name or null")
+        raise RepoFileError(file, f"phase {name!r} has ContinerImage {_show(image)}", "give an image name or null")
     return Phase(
         name=name,
         type=PHASE_TYPES[ptype],
@@ -120,8 +164,8 @@ def parse_katkitconfig(text: str, env: str, file: str = KATKITCONFIG) -> tuple[s
         by_env[entry["EnvName"]] = entry
     chosen = env if env in by_env else "default"
     if chosen not in by_env:
-        raise RepoFileError(
-            file, f"no entry for EnvName {env!r} and no 'default' entry", f'add {{"EnvName": "{env}", ...}} or a "default" entry'
+        raise RepoFileError(  # json.dumps: the hint stays one line whatever env holds
+            file, f"no entry for EnvName {env!r} and no 'default' entry", f'add {{"EnvName": {json.dumps(env)}, ...}} or a "default" entry'
         )
     entry = by_env[chosen]
     workflow = entry.get("WorkFlow")
@@ -154,7 +198,9 @@ def parse_servicedescription(text: str, file: str = SERVICEDESCRIPTION) -> Servi
     if not isinstance(image, str) or not image.strip():
         raise RepoFileError(file, "DockerImage is missing or empty", 'set DockerImage, e.g. "myapp:<hubtag>"')
     if "<hubtag>" not in image:
-        raise RepoFileError(
-            file, f"DockerImage {image!r} has no <hubtag>", f"write the tag as <hubtag>, e.g. \"{image.split(':')[0]}:<hubtag>\""
+        repo = image.split("@")[0]  # without a tag or digest; a registry's :port stays
+        repo = repo.rsplit(":", 1)[0] if ":" in repo.rsplit("/", 1)[-1] else repo
+        raise RepoFileError(  # json.dumps: the hint stays one line whatever the image holds
+            file, f"DockerImage {image!r} has no <hubtag>", f"write the tag as <hubtag>, e.g. {json.dumps(repo + ':<hubtag>')}"
         )
     return ServiceDescription(name=name, docker_image=image, fields=data)

@@ -9,18 +9,23 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import KatkitActivities
+from activities.katkit_activities import ping_host, ping_queue
 from katkit.config import Settings, load_settings
 from katkit.log import configure_logging, get_logger
 from katkit.logstore import log_store_for
 from katkit.preload import import_sdks
 from katkit.reaper import reap_forever
-from katkit.temporal import connect, ensure_search_attributes
+from katkit.names import LEDGER_IMPORT
+from katkit.platforms.history import ServiceRecords
+from katkit.temporal import connect, ensure_search_attributes, ledger_start
 from workflows import CommitRun, DeployLock, Promotion
 
 MAX_CONCURRENT_ACTIVITIES = 100
@@ -29,32 +34,57 @@ log = get_logger("katkit.worker")
 
 
 class KatkitWorker:
-    """The two workers of one host: the shared task queue (workflows and every activity) and the host's own queue
-    (the activities that touch this host's builders, so a shard's retries come back here and re-attach)."""
+    """The workers of one host: the shared task queue (workflows and every activity), the host's own queue (the
+    activities that touch this host's builders, so a shard's retries come back here and re-attach) and its ping
+    queue (answered at once while the host lives, however busy: how a run tells a busy host from a gone one)."""
 
-    def __init__(self, shared: Worker, host: Worker) -> None:
-        self.workers = (shared, host)
+    def __init__(self, *workers: Worker, on_start: Callable[[], Awaitable[object]] | None = None) -> None:
+        self.workers = workers
+        self._on_start = on_start
+        self._started: asyncio.Future[object] | None = None
+
+    def _start_background(self) -> None:
+        """What the host does once it polls (it needs a worker to answer): in the background, never failing it."""
+        if self._on_start is not None and self._started is None:
+            self._started = asyncio.ensure_future(self._on_start())
 
     async def run(self) -> None:
-        await asyncio.gather(*(w.run() for w in self.workers))
+        """Run them all; when one stops (or fails), the others are shut down too, and its failure raised."""
+        runs = [asyncio.ensure_future(w.run()) for w in self.workers]
+        self._start_background()
+        try:
+            await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w, run in zip(self.workers, runs):
+                if not run.done():
+                    await w.shutdown()
+            results = await asyncio.gather(*runs, return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def __aenter__(self) -> KatkitWorker:
         for w in self.workers:
             await w.__aenter__()
+        self._start_background()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._started is not None and not self._started.done():
+            self._started.cancel()
         await asyncio.gather(*(w.__aexit__(*exc) for w in self.workers))
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> KatkitWorker:
+    """The host's workers, sharing ``executor``: its threads are split between the shared queue and the host's own,
+    so together they never take more activities than there are threads to run them."""
     import_sdks()  # here, on one thread: activity threads importing a heavy SDK together can see it half-made
     activities = KatkitActivities(settings.home, log_store_for(settings), client=client, executor=executor,
                                   lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url,
                                   github_token=settings.github_token, host_queue=settings.host_queue)
-    common = dict(
+    host_slots = max(1, executor._max_workers // 2)
+    common: dict[str, Any] = dict(
         activity_executor=executor,
-        max_concurrent_activities=executor._max_workers,  # one thread for each activity that may run
         # a cancel reaches an activity only in the answer to a heartbeat: send them often enough that a
         # cancelled run's builders stop within a few seconds (the default throttle is 80% of the timeout)
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,
@@ -69,10 +99,36 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
             restrictions=SandboxRestrictions.default.with_passthrough_modules(
                 "structlog", "rich", "pydantic", "pydantic_core", "annotated_types", "katkit", "activities")),
         activities=activities.all(),
+        max_concurrent_activities=max(1, executor._max_workers - host_slots),
         **common,
     )
-    host = Worker(client, task_queue=settings.host_queue, activities=activities.host_bound(), **common)
-    return KatkitWorker(shared, host)
+    host = Worker(client, task_queue=settings.host_queue, activities=activities.host_bound(),
+                  max_concurrent_activities=host_slots, **common)
+    ping = Worker(client, task_queue=ping_queue(settings.host_queue), activities=[ping_host],
+                  max_concurrent_activities=8, identity=worker_identity(settings))
+    return KatkitWorker(shared, host, ping, on_start=lambda: offer_old_histories(client, settings))
+
+
+async def offer_old_histories(client: Client, settings: Settings) -> int:
+    """Merge the JSON deployment history an older katkit kept on this host into each service's ledger (a record
+    is taken once, however often it is offered); return how many services had one."""
+    records = ServiceRecords(settings.home / "services")
+    tenants = sorted(p.name for p in records.root.iterdir() if p.is_dir()) if records.root.is_dir() else []
+    offered = 0
+    for tenant in tenants:
+        for service in records.services(tenant):
+            try:
+                legacy = records.history(tenant, service)
+                if not legacy:
+                    continue
+                start = ledger_start(settings.task_queue, tenant, service, settings.lock_watchdog)
+                await client.execute_update_with_start_workflow(LEDGER_IMPORT, legacy, start_workflow_operation=start)
+                offered += 1
+            except Exception as exc:  # noqa: BLE001 - a file it cannot read, or Temporal away: try at the next start
+                log.warning("could not import an old deployment history", tenant=tenant, service=service, error=str(exc))
+    if offered:
+        log.info("offered old deployment histories to the ledgers", services=offered)
+    return offered
 
 
 def worker_identity(settings: Settings) -> str:
@@ -106,9 +162,12 @@ async def run_worker(settings: Settings, client: Client | None = None, stop: asy
         log.info("registered search attributes", names=added)
     reaper = asyncio.create_task(reap_forever(client, settings.home, settings.task_queue, settings.reap_interval))
     try:
-        with ThreadPoolExecutor(max_workers=MAX_CONCURRENT_ACTIVITIES) as executor:
+        with ThreadPoolExecutor(max_workers=2 * MAX_CONCURRENT_ACTIVITIES) as executor:
             worker = build_worker(client, settings, executor)
-            await warn_of_other_log_stores(client, settings)
+            try:
+                await warn_of_other_log_stores(client, settings)
+            except Exception as exc:  # noqa: BLE001 - a check, never a reason not to start
+                log.warning("could not compare log stores with other workers", error=str(exc))
             log.info("worker started", task_queue=settings.task_queue, host_queue=settings.host_queue,
                      address=settings.address, pid=os.getpid())
             if stop is None:

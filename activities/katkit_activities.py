@@ -8,6 +8,8 @@ faults are retryable.
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections import OrderedDict
 import contextlib
 import functools
 import json
@@ -22,8 +24,7 @@ from typing import Any, TypeVar
 
 import structlog
 from temporalio import activity
-from temporalio.client import Client, WithStartWorkflowOperation, WorkflowExecutionStatus
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.exceptions import ApplicationError, CancelledError
 
@@ -39,7 +40,6 @@ from katkit.models import (
     PickHostInput,
     LockGrant,
     LockRequest,
-    LockState,
     NotifyInput,
     PhaseType,
     DeployInput,
@@ -51,8 +51,9 @@ from katkit.models import (
     ShardInput,
     ShardResult,
 )
-from katkit.names import DEPLOY_LOCK, LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
+from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
 from katkit.plan import read_plan
+from katkit.temporal import ledger_start
 from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
 from katkit.platforms.history import ServiceRecords
 
@@ -80,14 +81,45 @@ def translate_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def ping_queue(host_queue: str) -> str:
+    """The queue a worker host answers ``ping_host`` on, whatever its other queues' load."""
+    return f"{host_queue}/ping"
+
+
+@activity.defn(name="ping_host")
+async def ping_host() -> str:
+    """Answered at once by a live host (a worker of its own, async): a busy host is not a gone host."""
+    return activity.info().task_queue.removesuffix("/ping")
+
+
 def installation_queue(task_queue: str) -> str:
     """The shared task queue of a worker host's own queue (``katkit@host`` -> ``katkit``): what labels name."""
     return task_queue.split("@", 1)[0]
 
 
-_log_writers: dict[str, int] = {}
-"""Log key -> the attempt that writes it in this process. A timed-out attempt may still run when the server
-hands its retry to this worker; it stops writing as soon as the retry claims the log."""
+class _Writers:
+    """Log key -> the newest attempt that has claimed it in this process. A timed-out attempt may still run when
+    the server hands its retry to this worker; it stops writing (and leaves the builder alone) once a newer attempt
+    has claimed the log. The newest claims are kept (bounded), never dropped when an attempt ends."""
+
+    KEEP = 20_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest: OrderedDict[str, int] = OrderedDict()
+
+    def claim(self, key: str, attempt: int) -> None:
+        with self._lock:
+            self._newest[key] = max(attempt, self._newest.get(key, 0))
+            self._newest.move_to_end(key)
+            while len(self._newest) > self.KEEP:
+                self._newest.popitem(last=False)
+
+    def superseded(self, key: str, attempt: int) -> bool:
+        return self._newest.get(key, attempt) > attempt
+
+
+_log_writers = _Writers()
 
 
 def _cancel_reason(details: activity.ActivityCancellationDetails | None) -> str:
@@ -198,7 +230,7 @@ class KatkitActivities:
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
-        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index)
+        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         builder = self._builders(inp.tenant)
         spec = BuilderSpec(
             name=name,
@@ -212,11 +244,11 @@ class KatkitActivities:
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
         )
         attempt = activity.info().attempt
-        _log_writers[key] = attempt  # this attempt writes the log now; an older one still running stops writing
+        _log_writers.claim(key, attempt)  # this attempt writes the log now; an older one still running stops writing
         recorded = self.log_store.outcome(key)
         if recorded:  # an earlier attempt saw the shard end; only its completion was lost (a server outage)
             log.info("shard already finished", builder=name)
-            builder.remove(name)
+            builder.remove(name, progress=activity.heartbeat)
             return ShardResult.model_validate_json(recorded)
         started_at = datetime.now(timezone.utc)
         remove = True
@@ -242,12 +274,13 @@ class KatkitActivities:
                     break
                 if time.time() >= deadline:
                     timeout_s = inp.tenant.phase_timeout.total_seconds()
-                    builder.remove(name)
-                    self._note(key, f"phase timed out: ci.sh was killed after the phase timeout ({timeout_s:.0f} s)")
-                    return self._finished(key, ShardResult(
+                    self._note(key, f"phase timed out: ci.sh is killed after the phase timeout ({timeout_s:.0f} s)")
+                    result = self._finished(key, ShardResult(  # recorded first: a retry finds it, never a half-killed builder
                         builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
                         ended_at=datetime.now(timezone.utc), reattached=not fresh,
                         message=f"timed out after the phase timeout of {timeout_s:.0f} s"))
+                    builder.remove(name, progress=lambda: activity.heartbeat(offset))
+                    return result
                 if waited:  # most no-op phases end within the first wait: no heartbeat RPC for them
                     activity.heartbeat(offset)
                 builder.wait(name, POLL_S)
@@ -277,13 +310,11 @@ class KatkitActivities:
             remove = False  # a retry re-attaches; the workflow removes the builder if retries run out
             raise
         finally:
-            if _log_writers.get(key) == attempt:
-                del _log_writers[key]
-            elif key in _log_writers:
+            if _log_writers.superseded(key, attempt):
                 remove = False  # a newer attempt has the builder now
             if remove:
                 with activity.shield_thread_cancel_exception():
-                    builder.remove(name)
+                    builder.remove(name, progress=activity.heartbeat)
 
     def _finished(self, key: str, result: ShardResult) -> ShardResult:
         """Record the shard's result with its complete log before the builder goes: an attempt whose completion
@@ -294,7 +325,7 @@ class KatkitActivities:
     def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int, base: int = 0) -> int:
         """Copy the builder's log from ``offset`` into the store (at ``base + offset``); return the new offset."""
         while True:
-            if _log_writers.get(key, attempt) != attempt:
+            if _log_writers.superseded(key, attempt):
                 raise CancelledError("a newer attempt of this shard writes its log now")
             chunk = builder.read_log(name, offset, LOG_CHUNK)
             if not chunk:
@@ -348,12 +379,7 @@ class KatkitActivities:
 
     async def _acquire(self, req: LockRequest) -> LockGrant:
         assert self.client is not None
-        start = WithStartWorkflowOperation(
-            DEPLOY_LOCK, LockState(tenant=req.tenant, service=req.service, policy=req.policy, watchdog_s=self.lock_watchdog_s),
-            id=deploy_lock_id(activity.info().task_queue, req.tenant, req.service), task_queue=activity.info().task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=f"deploy lock of {req.service} in {req.tenant}",
-        )
+        start = ledger_start(activity.info().task_queue, req.tenant, req.service, self.lock_watchdog_s, req.policy)
         call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
             LOCK_ACQUIRE, req, start_workflow_operation=start, result_type=LockGrant))
         try:
@@ -388,9 +414,10 @@ class KatkitActivities:
         fields = inp.service.fields
         if running is not None:
             extra, replicas = running.extra_config, running.replicas
-        else:  # the first deploy of a service: nothing runs yet, so the file's values (if any) apply
+        else:  # nothing runs here yet: the file's values apply (a platform of another host: the ledger's replicas)
             extra = fields.get("ExtraConfig") if isinstance(fields.get("ExtraConfig"), str) else None
-            replicas = int(fields["Replicas"]) if isinstance(fields.get("Replicas"), int) else 1
+            replicas = last.replicas if last is not None else \
+                int(fields["Replicas"]) if isinstance(fields.get("Replicas"), int) else 1
         if running is not None and running.image == image and last is not None and \
                 (last.run_id, last.execution) == (inp.run_id, inp.execution):  # a retry after the deploy went through
             return DeployResult(service=inp.service.name, image=image, previous_image=last.previous_image,

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from katkit.errors import ConfigError, UnknownName, did_you_mean
 from katkit.names import NAME_RULE, is_safe_name
+from katkit.payload import show, unfit
 
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
 
@@ -37,13 +38,8 @@ def parse_duration(value: Any) -> Any:
             if re.fullmatch(r"P.*", value):  # ISO 8601, as pydantic serialises timedeltas
                 return value
     except (OverflowError, ValueError):  # inf, nan, beyond timedelta's 999999999 days, beyond int's digits limit
-        raise ValueError(f"{_short(value)} is not a duration katkit can hold; write e.g. 90s, 15m, 24h, 1h30m or 2d") from None
-    raise ValueError(f"{_short(value)} is not a duration; write e.g. 90s, 15m, 24h, 1h30m or 2d")
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+        raise ValueError(f"{show(value)} is not a duration katkit can hold; write e.g. 90s, 15m, 24h, 1h30m or 2d") from None
+    raise ValueError(f"{show(value)} is not a duration; write e.g. 90s, 15m, 24h, 1h30m or 2d")
 
 
 def _not_negative(value: timedelta) -> timedelta:
@@ -250,23 +246,6 @@ class KatkitConfig(Strict):
                           "add it to katkit.yaml under links")
 
 
-def _check_strings(data: Any, source: str) -> None:
-    """Refuse a string with an unpaired surrogate ("\\ud800" in YAML): no UTF-8 payload (Temporal's) can hold it."""
-    todo, seen = [data], set()
-    while todo:  # iteratively and once per object: YAML aliases share objects, so a tree walk could be exponential
-        node = todo.pop()
-        if isinstance(node, str):
-            if not node.isascii():
-                try:
-                    node.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ConfigError(f"{source}: the string {_short(node)} holds an unpaired surrogate; "
-                                      "write the character itself, not \\uD800-\\uDFFF") from None
-        elif isinstance(node, (dict, list, tuple, set, frozenset)) and id(node) not in seen:
-            seen.add(id(node))
-            todo.extend([*node, *node.values()] if isinstance(node, dict) else node)
-
-
 def _first_error(exc: ValidationError, source: str) -> ConfigError:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
@@ -295,7 +274,9 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
                           "and drop any !!int, !!float, !!bool or !!timestamp tag") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'tenants' and 'links' at the top level")
-    _check_strings(data, source)
+    problem = unfit(data)  # what a workflow payload cannot hold
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem[0]}; {problem[1]}")
     try:
         return KatkitConfig.model_validate(data)
     except ValidationError as exc:
@@ -350,6 +331,8 @@ class Settings(BaseSettings):
     log_dir: Path | None = None
     log_store: str | None = Field(None, description="s3://bucket/prefix for the S3 log store (default: the log directory)")
     reap_interval: float = Field(300.0, gt=0, description="seconds between passes of the orphan builder reaper")
+    stop_grace: float = Field(10.0, ge=0, le=600, description="seconds a local builder's ci.sh has between SIGTERM "
+                              "and SIGKILL (read by the builder as KATKIT_STOP_GRACE; checked here at start)")
     lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
     github_token: str | None = Field(None, repr=False, description="GitHub token: API calls and git over HTTPS")
     github_webhook_secret: str | None = Field(None, repr=False, description="the secret GitHub signs webhook deliveries with")

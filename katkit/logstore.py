@@ -146,9 +146,12 @@ class S3LogStore:
 
         @aws_errors
         def write() -> None:
-            for part_offset, _, obj in self._parts(key):
-                if part_offset >= offset:
+            for part_offset, size, obj in self._parts(key):
+                if part_offset >= offset:  # written again from here: what followed goes
                     self.s3.delete_object(Bucket=self.bucket, Key=obj)
+                elif part_offset + size > offset:  # a part reaching past the offset keeps only what comes before it
+                    head = self.s3.get_object(Bucket=self.bucket, Key=obj, Range=f"bytes=0-{offset - part_offset - 1}")
+                    self.s3.put_object(Bucket=self.bucket, Key=obj, Body=head["Body"].read())
             self.s3.put_object(Bucket=self.bucket, Key=f"{self._base(key)}/{offset:016d}", Body=data)
 
         write()

@@ -60,8 +60,10 @@ def commit_run_id(tenant: str, repo: str, sha: str) -> str:
     return f"run-{tenant}-{repo}-{sha[:12]}"
 
 
-def log_key(run_id: str, execution: str, phase: str, shard: int) -> str:
-    return f"{_safe(run_id)}/{_safe(execution)}/{_safe(phase)}/{shard}.log"
+def log_key(run_id: str, execution: str, phase: str, shard: int, generation: int = 0) -> str:
+    """Where a shard's log lives; a shard started afresh on another host (generation 1, 2, ...) writes a new one."""
+    suffix = f".{generation}" if generation else ""
+    return f"{_safe(run_id)}/{_safe(execution)}/{_safe(phase)}/{shard}{suffix}.log"
 
 
 def _safe(part: str) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 from katkit.errors import RepoFileError
 from katkit.models import Phase, PhaseType, ServiceDescription
 from katkit.names import NAME_RULE, is_safe_name
+from katkit.payload import show, unfit
 
 KATKITCONFIG = "katkitconfig.js"
 SERVICEDESCRIPTION = "servicedescription/servicedescription.js"
@@ -39,38 +40,14 @@ def _load_json(text: str, file: str) -> Any:
         raise _too_deep(file) from None
     except ValueError:  # a number beyond Python's int digits limit (sys.get_int_max_str_digits)
         raise RepoFileError(file, "a number has too many digits", "write numbers of at most a few digits") from None
-    todo = [(data, 1)]
-    while todo:  # iteratively: the check itself must not recurse
-        node, depth = todo.pop()
-        if isinstance(node, str) and not node.isascii():
-            try:
-                node.encode("utf-8")
-            except UnicodeEncodeError:  # "\ud800": JSON allows it, but no UTF-8 payload (Temporal's) can hold it
-                raise RepoFileError(
-                    file, f"the string {_show(node)} holds an unpaired surrogate", "write the character itself, not \\uD800-\\uDFFF"
-                ) from None
-        elif isinstance(node, (list, dict)):
-            if depth > MAX_JSON_DEPTH:
-                raise _too_deep(file)
-            children = [*node, *node.values()] if isinstance(node, dict) else node  # an object's keys, too
-            todo.extend((child, depth + 1) for child in children)
+    problem = unfit(data, MAX_JSON_DEPTH)
+    if problem is not None:
+        raise RepoFileError(file, *problem)
     return data
 
 
 def _too_deep(file: str) -> RepoFileError:
-    return RepoFileError(file, f"JSON nested too deeply (more than {MAX_JSON_DEPTH} levels)", "flatten the arrays and objects")
-
-
-def _show(value: Any) -> str:
-    """A JSON value from the file for a one-line message: a short repr, never a whole array or object."""
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return "a very large number"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return RepoFileError(file, f"nested too deeply (more than {MAX_JSON_DEPTH} levels)", "flatten the arrays and objects")
 
 
 def parse_build_params(value: Any, file: str, phase: str) -> dict[str, str]:
@@ -90,8 +67,10 @@ def parse_build_params(value: Any, file: str, phase: str) -> dict[str, str]:
         if not eq:
             key = key if _ENV_KEY.fullmatch(key) else "KEY"  # the item itself may hold line breaks or quotes
             raise RepoFileError(file, f"{field} item {item!r} has no '='", f"write it as {key}=VALUE (or {key}= for empty)")
-        if not _ENV_KEY.match(key):
+        if not _ENV_KEY.fullmatch(key):
             raise RepoFileError(file, f"{field} key {key!r} is not a valid variable name", "use letters, digits and _")
+        if "\0" in val:  # no process environment can hold it: the builder would fail at every retry
+            raise RepoFileError(file, f"{field} value of {key} holds a NUL character", "remove it")
         params[key] = val.strip()
     return params
 
@@ -106,7 +85,7 @@ def _as_int(value: Any, file: str, field: str) -> int:
             return int(value)
         except ValueError:  # more digits than Python's int digits limit
             pass
-    raise RepoFileError(file, f"{field} is {_show(value)}, not a whole number", "write a whole number")
+    raise RepoFileError(file, f"{field} is {show(value)}, not a whole number", "write a whole number")
 
 
 def _as_bool(value: Any, file: str, field: str) -> bool:
@@ -116,7 +95,7 @@ def _as_bool(value: Any, file: str, field: str) -> bool:
         return value.strip().lower() == "true"
     if value is None:
         return False
-    raise RepoFileError(file, f"{field} is {_show(value)}", 'write "true" or "false"')
+    raise RepoFileError(file, f"{field} is {show(value)}", 'write "true" or "false"')
 
 
 def _parse_phase(raw: Any, file: str, position: int) -> Phase:
@@ -128,7 +107,7 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     ptype = raw.get("PhaseType")
     if isinstance(ptype, bool) or not isinstance(ptype, (int, float)) or ptype not in PHASE_TYPES:  # lists: unhashable
         raise RepoFileError(
-            file, f"phase {name!r} has PhaseType {_show(ptype)}", "use 4 for an execution phase or 1 for the deployment phase"
+            file, f"phase {name!r} has PhaseType {show(ptype)}", "use 4 for an execution phase or 1 for the deployment phase"
         )
     parallelism = _as_int(raw.get("Parallelism", 1), file, f"phase {name!r} Parallelism")
     if parallelism < 1:
@@ -139,7 +118,7 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     if isinstance(image, str) and not image.strip():
         image = None
     if image is not None and not isinstance(image, str):
-        raise RepoFileError(file, f"phase {name!r} has ContinerImage {_show(image)}", "give an image name or null")
+        raise RepoFileError(file, f"phase {name!r} has ContinerImage {show(image)}", "give an image name or null")
     return Phase(
         name=name,
         type=PHASE_TYPES[ptype],

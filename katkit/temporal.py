@@ -16,7 +16,10 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
-from temporalio.client import Client, TLSConfig
+from typing import Any
+
+from temporalio.client import Client, TLSConfig, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
@@ -50,6 +53,19 @@ async def connect(settings: Settings) -> Client:
                 f"cannot reach Temporal at {settings.address} ({str(exc).splitlines()[0][:120]}); "
                 "start it with 'katkit dev' or set KATKIT_ADDRESS"
             ) from None
+
+
+def ledger_start(task_queue: str, tenant: str, service: str, watchdog_s: float,
+                 policy: str = "queue") -> WithStartWorkflowOperation[Any, Any]:
+    """How an update reaches a tenant service's DeployLock (its lock and ledger), starting it on first use."""
+    from katkit.models import LockState
+    from katkit.names import DEPLOY_LOCK, deploy_lock_id
+
+    return WithStartWorkflowOperation(
+        DEPLOY_LOCK, LockState(tenant=tenant, service=service, policy=policy, watchdog_s=watchdog_s),
+        id=deploy_lock_id(task_queue, tenant, service), task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        static_summary=f"ledger and deploy lock of {service} in {tenant}")
 
 
 def search_attribute_command(namespace: str) -> str:

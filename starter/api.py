@@ -27,8 +27,8 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
-from temporalio.client import WithStartWorkflowOperation
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -55,7 +55,6 @@ from katkit.names import (
     NAME_RULE,
     COMMIT_RUN,
     DEPLOY_LOCK,
-    LEDGER_IMPORT,
     LOCK_STATE,
     PROMOTION,
     QUERY_STATUS,
@@ -74,11 +73,12 @@ from katkit.names import (
 )
 from katkit.plan import read_plan
 from katkit.platforms import DeploymentRecord, get_platform
-from katkit.platforms.history import ServiceRecords
 from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING
 M = TypeVar("M", bound=BaseModel)
+QUERY_DEADLINE = timedelta(seconds=5)
+"""How long a query or a decision waits for a worker to answer; then the starter says so instead of hanging."""
 POLLER_FRESH = timedelta(seconds=90)
 """A worker long-polls for at most about a minute: a poller not seen for longer than this has gone."""
 WORKER_CHECK_S = 5.0  # how often ``wait`` asks again whether a worker polls
@@ -268,15 +268,18 @@ class Katkit:
         if not await self.worker_polling():  # an update waits for a worker: say so at once instead
             raise InfraError(self.no_worker_note)
         try:
-            return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision)
+            return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision,
+                                               rpc_timeout=2 * QUERY_DEADLINE)
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise BadInput(f"{kind} refused: {msg}") from None
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
+        except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
+            if isinstance(exc, RPCError) and exc.status == RPCStatusCode.NOT_FOUND:
                 raise BadInput(f"{kind} refused: run {run_id} is not open") from None
-            raise
+            raise InfraError(f"no worker answered the {kind} of {run_id} within {2 * QUERY_DEADLINE.total_seconds():.0f} s"
+                             f"; it may still be applied when a worker polls task queue "
+                             f"{self.settings.task_queue!r} again: check with 'katkit status {run_id}'") from None
 
     async def cancel(self, run_id: str) -> None:
         handle = self.client.get_workflow_handle(run_id)
@@ -310,21 +313,29 @@ class Katkit:
         desc = await self._describe(handle)
         if desc.status != _OPEN:
             return await self._closed_status(handle, desc.status)
-        if not await self.worker_polling():
-            return await self._described_status(desc)
-        return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
+        return await self._open_status(handle, desc, await self.worker_polling())
 
-    async def _described_status(self, desc: WorkflowExecutionDescription) -> RunStatus:
-        """What the server alone knows of an open run: search attributes, memo and start time."""
+    async def _open_status(self, handle: WorkflowHandle, desc: WorkflowExecutionDescription, polling: bool) -> RunStatus:
+        """An open run's status: its query when a worker polls and answers in time, else what the server alone
+        knows (search attributes, memo, start time) with ``note`` saying why."""
+        if polling:
+            try:
+                return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=QUERY_DEADLINE)
+            except RPCError as exc:
+                if exc.status == RPCStatusCode.NOT_FOUND:
+                    raise
+                note = (f"no worker answered on task queue {self.settings.task_queue!r} at {self.settings.address} "
+                        f"within {QUERY_DEADLINE.total_seconds():.0f} s; start one with 'katkit worker' (or 'katkit dev')")
+        else:
+            note = self.no_worker_note
         sa = desc.typed_search_attributes
         memo = await desc.memo()
-        summary = str(memo.get("summary") or "")
+        parts = str(memo.get("summary") or "").split(" | ")  # "<status>: <phase> | <run> [| deployed X] [| error]"
+        error = parts[-1] if len(parts) >= 3 and not parts[-1].startswith("deployed ") else ""
         return RunStatus(run_id=desc.id, tenant=sa.get(SA_TENANT) or "?", env="?", repo=sa.get(SA_REPO) or "?",
                          sha=sa.get(SA_SHA) or "?", ref=str(memo.get("ref") or ""),
                          started_by=str(memo.get("started_by") or "?"), status=sa.get(SA_STATUS) or "running",
-                         phase=sa.get(SA_PHASE) or "", started_at=desc.start_time,
-                         error=summary.split(" | ")[-1] if summary.count(" | ") >= 3 else "",
-                         note=self.no_worker_note)
+                         phase=sa.get(SA_PHASE) or "", started_at=desc.start_time, error=error, note=note)
 
     async def _closed_status(self, handle: WorkflowHandle, status: ExecStatus | None) -> RunStatus:
         try:
@@ -346,16 +357,10 @@ class Katkit:
         loop = asyncio.get_running_loop()
         while True:
             desc = await handle.describe()
-            if desc.status == _OPEN and loop.time() - checked >= WORKER_CHECK_S:
-                polling, checked = await self.worker_polling(), loop.time()
-            if desc.status == _OPEN and not polling:
-                st = await self._described_status(desc)  # shown instead of nothing while no worker polls
-            elif desc.status == _OPEN:
-                try:
-                    st = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=10))
-                except RPCError:
-                    await asyncio.sleep(interval)
-                    continue
+            if desc.status == _OPEN:
+                if loop.time() - checked >= WORKER_CHECK_S:  # not at every look: one RPC more
+                    polling, checked = await self.worker_polling(), loop.time()
+                st = await self._open_status(handle, desc, polling)  # without a worker, says so instead of nothing
             else:
                 st = await self._closed_status(handle, desc.status)
             snapshot = st.model_dump_json(exclude={"approval": {"since"}})
@@ -415,7 +420,7 @@ class Katkit:
                 continue
             for s in p.shards:
                 label = p.name if p.parallelism == 1 else f"{p.name}#{s.index}"
-                keys.append((label, s.log_key or log_key(run_id, execution, p.name, s.index)))
+                keys.append((label, s.log_key or log_key(run_id, execution, p.name, s.index, s.generation)))
         return st, keys
 
     async def follow_logs(self, run_id: str, phase: str | None = None, follow: bool = False,
@@ -498,35 +503,32 @@ class Katkit:
 
     # -- the ledger: each tenant service's deployments, kept in Temporal ------------------------------------
     async def ledger(self, tenant: str, service: str) -> LockState | None:
-        """A tenant service's ledger (read from its DeployLock workflow, the same from every host); None when the
-        service never deployed. A JSON history an older katkit left on this machine is imported into it once."""
+        """A tenant service's ledger, read from its DeployLock workflow (the same from every host); None when the
+        service never deployed. (Old JSON histories are merged in by the workers that have them, at their start.)"""
         self.config.tenant(tenant)
         if not is_safe_name(service):
             raise BadInput(f"--service {service!r} is not a service name; a service Name is {NAME_RULE}")
-        legacy = ServiceRecords(self.settings.home / "services").history(tenant, service)
-        lock_id = deploy_lock_id(self.settings.task_queue, tenant, service)
-        handle = self.client.get_workflow_handle(lock_id)
+        handle = self.client.get_workflow_handle(deploy_lock_id(self.settings.task_queue, tenant, service))
         try:
-            is_open = (await handle.describe()).status == _OPEN
+            if (await handle.describe()).status != _OPEN:
+                return None
         except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
-            is_open = False
-        if not is_open and not legacy:
-            return None
-        if not await self.worker_polling():  # a query or an update needs a worker
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return None
+            raise
+        return await self._lock_state(handle.id)
+
+    async def _lock_state(self, lock_id: str) -> LockState:
+        """A DeployLock's state (lock and ledger): a query, so a worker must answer it; one line when none does."""
+        if not await self.worker_polling():
             raise InfraError(self.no_worker_note)
-        if is_open:
-            state = await handle.query(LOCK_STATE, result_type=LockState, rpc_timeout=timedelta(seconds=10))
-            if state.imported or not legacy:
-                return state
-            return await handle.execute_update(LEDGER_IMPORT, legacy, result_type=LockState)
-        start = WithStartWorkflowOperation(
-            DEPLOY_LOCK, LockState(tenant=tenant, service=service, watchdog_s=self.settings.lock_watchdog), id=lock_id,
-            task_queue=self.settings.task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=f"ledger and deploy lock of {service} in {tenant}")
-        return await self.client.execute_update_with_start_workflow(LEDGER_IMPORT, legacy, start_workflow_operation=start,
-                                                                    result_type=LockState)
+        try:
+            return await self.client.get_workflow_handle(lock_id).query(LOCK_STATE, result_type=LockState,
+                                                                         rpc_timeout=QUERY_DEADLINE)
+        except RPCError as exc:
+            raise InfraError(f"no worker answered on task queue {self.settings.task_queue!r} at {self.settings.address} "
+                             f"within {QUERY_DEADLINE.total_seconds():.0f} s ({exc.message}); start one with "
+                             "'katkit worker' (or 'katkit dev')") from None
 
     async def deployments(self, tenant: str, service: str) -> list[DeploymentRecord]:
         """The service's deployments and rollbacks, oldest first (the last is what runs now)."""
@@ -538,8 +540,7 @@ class Katkit:
         if service is not None:
             return {service: await self.deployments(tenant, service)}
         self.config.tenant(tenant)
-        names = set(ServiceRecords(self.settings.home / "services").services(tenant))
-        names |= {st.service for st in await self.locks(tenant)}
+        names = {st.service for st in await self.locks(tenant)}
         found = {name: await self.deployments(tenant, name) for name in sorted(names)}
         return {name: records for name, records in found.items() if records}
 
@@ -573,12 +574,8 @@ class Katkit:
         self.check_tenant_filter(tenant)
         query = f'WorkflowType = "{DEPLOY_LOCK}" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
         out = []
-        polling: bool | None = None
         async for wf in self.client.list_workflows(query):
-            if polling is None and not (polling := await self.worker_polling()):
-                raise InfraError(self.no_worker_note)  # a lock's state is a query: it needs a worker
-            st = await self.client.get_workflow_handle(wf.id).query(LOCK_STATE, result_type=LockState,
-                                                                    rpc_timeout=timedelta(seconds=10))
+            st = await self._lock_state(wf.id)
             if tenant is None or st.tenant == tenant:
                 out.append(st)
         return sorted(out, key=lambda s: (s.tenant, s.service))

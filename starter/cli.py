@@ -257,8 +257,8 @@ async def locks(tenant: str | None) -> None:
     if not found:
         click.echo("no deploy locks held or awaited")
     for st in found:
-        holder = f"{st.holder.run_id} (since {st.holder.since:%H:%M:%S})" if st.holder else "free"
-        click.echo(f"{st.tenant}/{st.service} [{st.policy}]: held by {holder}")
+        state = f"held by {st.holder.run_id} (since {st.holder.since:%H:%M:%S})" if st.holder else "free"
+        click.echo(f"{st.tenant}/{st.service} [{st.policy}]: {state}")
         for n, w in enumerate(st.waiters, 1):
             click.echo(f"  {n}. {w.run_id} (waiting since {w.since:%H:%M:%S})")
 

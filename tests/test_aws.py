@@ -413,6 +413,10 @@ def test_s3_log_store_resumes_without_loss_or_doubling(moto_url: str) -> None:
     store.write_at("r/e/P/0.log", 6, b"WORLD\n")  # a resumed writer rewrites from where it had heartbeated
     assert store.size("r/e/P/0.log") == 12 and store.read("r/e/P/0.log") == b"hello WORLD\n"
     assert store.read("r/e/P/0.log", 3, 5) == b"lo WO" and store.keys("r") == ["r/e/P/0.log"]
+    store.write_at("r/e/P/0.log", 3, b"p!\n")  # from inside a part: that part keeps only what comes before
+    assert store.read("r/e/P/0.log") == b"help!\n" and store.size("r/e/P/0.log") == 6
+    store.finish("r/e/P/0.log", '{"exit_code": 0}')
+    assert store.outcome("r/e/P/0.log") == '{"exit_code": 0}' and store.outcome("r/e/P/1.log") is None
 
 
 def test_iam_policy_allows_exactly_the_calls_katkit_makes() -> None:

@@ -20,6 +20,7 @@ from tests.chaos import Scene, eventually, processes_in, slow_lines
 from tests.test_replay import HISTORIES, assert_replays
 
 LONG = os.environ.get("KATKIT_CHAOS_LONG") == "1"
+pytestmark = pytest.mark.timeout(900)  # outages of up to 5 min, then the run's own end
 
 
 @pytest.fixture
@@ -33,24 +34,39 @@ def scene(tmp_path: Path):
 
 
 async def _slow_shards_running(scene: Scene) -> bool:
-    return sum(1 for s in scene.starts() if s.startswith("SLOW")) == 2 and all(
-        b"line 3" in p.read_bytes() for p in (scene.logs).rglob("SLOW/*.log"))
+    """Both SLOW shards have printed a few lines into the log store (local and Docker builders alike)."""
+    logs = list(scene.logs.rglob("SLOW/*.log"))
+    return len(logs) == 2 and all(b"line 3" in p.read_bytes() for p in logs)
 
 
 async def assert_whole_run(scene: Scene, kk, run_id: str, timeout: float) -> None:
     st = await eventually(lambda: _ended(kk, run_id), timeout=timeout)
     assert st.status == "succeeded", st.error
     assert sorted(scene.starts()) == ["BUILD 0", "SLOW 0", "SLOW 1"]  # every ci.sh started exactly once
+    assert_logs_whole(scene)
+    for host in scene.hosts:
+        builders = host.home / "builders"
+        assert not builders.exists() or not any(builders.iterdir()), list(builders.iterdir())
+        assert processes_in(host.home) == []
+
+
+def assert_logs_whole(scene: Scene) -> None:
+    """Each SLOW shard's log: every line once, in order, from one ci.sh, no cancel marker."""
     for shard in (0, 1):
         [log] = scene.logs.rglob(f"SLOW/{shard}.log")
         text = log.read_text()
         assert slow_lines(text) == [f"line {i}" for i in range(1, scene.lines + 1)], text  # once each, in order
         assert "cancelled" not in text and text.count("[katkit-agent] running ci.sh") == 1, text
         assert "[katkit-agent] ci.sh exited 0 in" in text and text.count("SLOW done") == 1, text
-    for host in scene.hosts:
-        builders = host.home / "builders"
-        assert not builders.exists() or not any(builders.iterdir()), list(builders.iterdir())
-        assert processes_in(host.home) == []
+
+
+async def start_slow_run(scene: Scene):
+    """One worker host, and a run whose SLOW shards are printing: the moment to strike."""
+    scene.host("a").start()
+    kk = await scene.katkit()
+    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
+    await eventually(lambda: _slow_shards_running(scene), timeout=90)
+    return kk, handle
 
 
 async def _ended(kk, run_id: str):
@@ -60,11 +76,7 @@ async def _ended(kk, run_id: str):
 
 @pytest.mark.parametrize("outage_s", [15, 60] + ([300] if LONG else []))
 async def test_server_killed_and_restarted_mid_phase(scene: Scene, outage_s: int) -> None:
-    host = scene.host("a")
-    host.start()
-    kk = await scene.katkit()
-    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
-    await eventually(lambda: _slow_shards_running(scene), timeout=60)
+    kk, handle = await start_slow_run(scene)
     scene.server.kill()
     await asyncio.sleep(outage_s)
     scene.server.start()
@@ -77,21 +89,13 @@ async def test_server_killed_and_restarted_mid_phase_on_docker(tmp_path: Path, d
     scene.server.start()
     since = int(time.time()) - 1
     try:
-        scene.host("a").start()
-        kk = await scene.katkit()
-        handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
-        await eventually(lambda: len(list(scene.logs.rglob("SLOW/*.log"))) == 2 and all(
-            b"line 3" in p.read_bytes() for p in scene.logs.rglob("SLOW/*.log")), timeout=90)
+        kk, handle = await start_slow_run(scene)
         scene.server.kill()
         await asyncio.sleep(15)
         scene.server.start()
         st = await eventually(lambda: _ended(kk, handle.run_id), timeout=150)
         assert st.status == "succeeded", st.error
-        for shard in (0, 1):
-            [log] = scene.logs.rglob(f"SLOW/{shard}.log")
-            text = log.read_text()
-            assert slow_lines(text) == [f"line {i}" for i in range(1, scene.lines + 1)], text
-            assert "cancelled" not in text and text.count("[katkit-agent] running ci.sh") == 1, text
+        assert_logs_whole(scene)
         created = [e for e in docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
                                                 filters={"event": "create", "label": f"katkit.run={handle.run_id}"})]
         assert len(created) == 3, created  # BUILD and the two SLOW shards: one container each, ever
@@ -102,11 +106,8 @@ async def test_server_killed_and_restarted_mid_phase_on_docker(tmp_path: Path, d
 
 @pytest.mark.parametrize("freeze_s", [15] + ([60] if LONG else []))
 async def test_worker_frozen_mid_phase(scene: Scene, freeze_s: int) -> None:
-    host = scene.host("a")
-    host.start()
-    kk = await scene.katkit()
-    handle = await kk.start_run("d-taskrunner", "taskrunner", sha=scene.sha, by="chaos")
-    await eventually(lambda: _slow_shards_running(scene), timeout=60)
+    kk, handle = await start_slow_run(scene)
+    [host] = scene.hosts
     host.signal(signal.SIGSTOP)
     await asyncio.sleep(freeze_s)
     host.signal(signal.SIGCONT)
@@ -119,10 +120,13 @@ TERM_TRAPS = {
 }
 
 
-@pytest.mark.parametrize("how", ["cancel", "phase timeout"])
-@pytest.mark.parametrize("trap", list(TERM_TRAPS))
-async def test_a_ci_sh_that_traps_term_is_gone_within_the_grace(trap: str, how: str, client, settings, config, repo: Path,
-                                                                home: Path, monkeypatch) -> None:
+@pytest.mark.parametrize("how, trap, grace", [
+    ("cancel", "ignores TERM", 3.0), ("cancel", "traps TERM in a loop", 3.0),
+    ("phase timeout", "traps TERM in a loop", 3.0),
+    ("phase timeout", "ignores TERM", 12.0),  # a grace longer than the heartbeat timeout: the stop heartbeats
+])
+async def test_a_ci_sh_that_traps_term_is_gone_within_the_grace(trap: str, how: str, grace: float, client, settings, config,
+                                                                repo: Path, home: Path, monkeypatch) -> None:
     from datetime import timedelta
 
     from katkit.errors import RunFailed
@@ -130,7 +134,6 @@ async def test_a_ci_sh_that_traps_term_is_gone_within_the_grace(trap: str, how: 
     from starter.api import Katkit
     from tests.conftest import in_process_worker, wait_for
 
-    grace = 3.0
     monkeypatch.setenv("KATKIT_STOP_GRACE", str(grace))
     if how == "phase timeout":
         config.tenant("d-taskrunner").phase_timeout = timedelta(seconds=4)
@@ -149,8 +152,11 @@ async def test_a_ci_sh_that_traps_term_is_gone_within_the_grace(trap: str, how: 
         gone_after = time.monotonic() - since
         with pytest.raises(RunFailed, match="cancelled" if how == "cancel" else "timed out"):
             await kk.wait(handle.run_id)
+        st = await kk.status(handle.run_id)  # a cancelled run's last state is a query: while the worker runs
     assert gone_after <= grace + 2, f"ci.sh outlived the {grace} s grace by {gone_after - grace:.1f} s"
     assert not any((home / "builders").iterdir())
+    shard = st.phases[0].shards[0]
+    assert not shard.reattached and (shard.exit_code == 124 if how == "phase timeout" else shard.state == "cancelled")
 
 
 def _hosts_with_slow_builders(scene: Scene) -> list:
@@ -190,12 +196,14 @@ async def test_two_hosts_one_killed_mid_phase(scene: Scene, comes_back: bool) ->
     assert st.status == "succeeded", st.error
     assert sorted(scene.starts()) == ["BUILD 0", "SLOW 0", "SLOW 0", "SLOW 1", "SLOW 1"]
     for shard in (0, 1):
-        [log] = scene.logs.rglob(f"SLOW/{shard}.log")
+        [log] = scene.logs.rglob(f"SLOW/{shard}.1.log")  # generation 1's own log; the one left behind stays apart
         text = log.read_text()
-        first = text.splitlines()[0]
-        assert first.startswith("[katkit] host ") and "did not come back within 0:00:05: this shard started afresh on" in first
+        victim_queue = scene.settings.model_copy(update={"home": victim.home}).host_queue
+        other_queue = scene.settings.model_copy(update={"home": other.home}).host_queue
+        assert text.splitlines()[0] == (
+            f"[katkit] host {victim_queue} did not come back within 0:00:05: this shard started afresh on {other_queue} "
+            f"(the builder left on {victim_queue} is removed when that host returns)")
         assert slow_lines(text) == [f"line {i}" for i in range(1, scene.lines + 1)], text
-    other_queue = scene.settings.model_copy(update={"home": other.home}).host_queue
     assert [(s.generation, s.host) for s in st.phases[1].shards] == [(1, other_queue)] * 2
     for host in scene.hosts:
         assert not any((host.home / "builders").glob("*")) and processes_in(host.home) == []

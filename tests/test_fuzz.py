@@ -110,6 +110,7 @@ def check_build_params(params: dict[str, str]) -> None:
     for k, v in params.items():
         assert _ENV_KEY.fullmatch(k), k
         assert isinstance(v, str) and v == v.strip()
+        assert "\0" not in v  # it goes into a process environment, which cannot hold one
 
 
 def check_service(desc: ServiceDescription) -> None:
@@ -403,6 +404,7 @@ build_params_values = st.one_of(
        phase=st.one_of(st.sampled_from(["BUILD", "UNIT_TEST", "", "a\nb"]), st.text(max_size=8)))
 @example(value="A\nB", file=KATKITCONFIG, phase="BUILD")  # the fix hint spanned two lines
 @example(value="A=1, \u2028OOPS", file=KATKITCONFIG, phase="BUILD")  # the fix hint spanned two lines
+@example(value="A=x\x00y", file=KATKITCONFIG, phase="BUILD")  # accepted: the builder then failed at every retry
 def test_build_params(value: Any, file: str, phase: str) -> None:
     result = call(parse_build_params, value, file, phase, prefix=f"{file}: ")
     if result is not None:

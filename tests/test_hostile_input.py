@@ -111,13 +111,23 @@ async def test_a_link_folder_that_is_a_symlink_out_of_the_repo_is_refused(
     assert await no_run_started(client, settings)
 
 
-def test_parallelism_has_an_upper_bound(capsys, monkeypatch, settings: Settings, config_file: Path, repo: Path) -> None:
+@pytest.mark.parametrize("shards", [257, 10000])
+def test_parallelism_has_an_upper_bound(shards: int, capsys, monkeypatch, settings: Settings, config_file: Path,
+                                        repo: Path) -> None:
     cfg = json.loads(json.dumps(SAMPLE_KATKITCONFIG))
-    cfg[0]["WorkFlow"][1]["Parallelism"] = 10000
+    cfg[0]["WorkFlow"][1]["Parallelism"] = shards
     sha = commit_files(repo, {"katkitconfig.js": json.dumps(cfg)})
     code, _, err = run_cli(capsys, monkeypatch, settings, config_file, *RUN, "--sha", sha)
     assert code == 2
-    one_error_line(err, "phase 'UNIT_TEST' has Parallelism 10000 — use at most 256")
+    one_error_line(err, f"phase 'UNIT_TEST' has Parallelism {shards} — use at most 256")
+
+
+def test_parallelism_of_256_is_allowed(tmp_path: Path) -> None:
+    from katkit.repofiles import parse_katkitconfig
+
+    cfg = json.loads(json.dumps(SAMPLE_KATKITCONFIG))
+    cfg[0]["WorkFlow"][1]["Parallelism"] = 256
+    assert parse_katkitconfig(json.dumps(cfg), "DEV")[2][1].parallelism == 256
 
 
 def _ambiguous_commits(repo: Path) -> tuple[str, list[str]]:

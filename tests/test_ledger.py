@@ -6,6 +6,7 @@ with a third home reads the same history. An old JSON history is imported once.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from datetime import datetime, timezone
@@ -19,11 +20,15 @@ from katkit.platforms.local import LocalPlatform
 from katkit.sample import commit_files
 from katkit.temporal import DATA_CONVERTER
 from starter.api import Katkit
-from tests.conftest import in_process_worker
+from tests.conftest import in_process_worker, wait_for
 from tests.test_hostile_input import cli
 from workflows import CommitRun, DeployLock, Promotion
 
 HISTORIES = Path(__file__).parent / "histories"
+
+
+async def _images(kk: Katkit) -> list[str]:
+    return [r.image for r in await kk.deployments("d-taskrunner", "taskrunner")]
 
 
 def on_host(settings: Settings, name: str) -> Settings:
@@ -85,10 +90,13 @@ async def test_an_old_json_history_is_imported_once(client, settings: Settings, 
     (folder / "taskrunner.json").write_text(json.dumps({
         "current": RunningService(name="taskrunner", image="taskrunner:v2").model_dump(mode="json"),
         "history": [r.model_dump(mode="json") for r in old]}))
-    async with in_process_worker(client, settings):
-        kk = Katkit(client, settings, config)
-        assert [r.image for r in await kk.deployments("d-taskrunner", "taskrunner")] == [r.image for r in old]
-        assert len(await kk.deployments("d-taskrunner", "taskrunner")) == 3  # read again: not imported twice
+    kk = Katkit(client, settings, config)
+    async with in_process_worker(client, settings):  # the worker that has the file offers it at start
+        images = await wait_for(lambda: _images(kk))
+        assert images == [r.image for r in old]
+    async with in_process_worker(client, settings):  # offered again at the next start: taken once
+        await asyncio.sleep(1)
+        assert await _images(kk) == [r.image for r in old]
         st = await kk.wait((await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="dave")).run_id)
         assert st.deployed is not None and st.deployed.previous_image == "taskrunner:v2"
         records = await kk.deployments("d-taskrunner", "taskrunner")

@@ -15,7 +15,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
-    from activities.katkit_activities import KatkitActivities
+    from activities.katkit_activities import KatkitActivities, ping_host, ping_queue
     from katkit.builders import builder_name
     from katkit.errors import BAD_INPUT_TYPE
     from workflows.gate import ApprovalGate
@@ -76,6 +76,7 @@ GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded befo
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 PICK_HOST_TIMEOUT = timedelta(seconds=30)
+PING_TIMEOUT = timedelta(seconds=30)  # a live host answers a ping at once, however busy
 GITHUB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[BAD_INPUT_TYPE])
 GITHUB_BATCH_BUDGET = timedelta(minutes=5)  # one batch of updates, retries included; then the next batch
@@ -105,7 +106,7 @@ class CommitRun:
                                    min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval),
         )
         self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval)
-        self._cleanup_later: list[str] = []
+        self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
         self._search_attributes: dict[str, str] = {}
         self._notifications: list[asyncio.Future[None]] = []
         self._v2 = False
@@ -176,7 +177,7 @@ class CommitRun:
 
         def start(i: int, note: str = "") -> asyncio.Future[ShardResult]:
             shard = state.shards[i]
-            shard.host = self._host or ""
+            shard.host = shard.host or self._host or ""
             return asyncio.ensure_future(workflow.execute_activity_method(
                 KatkitActivities.run_shard,
                 ShardInput(run_id=self._status.run_id, attempt_key=workflow.info().run_id, tenant=self._inp.tenant,
@@ -185,7 +186,7 @@ class CommitRun:
                 start_to_close_timeout=self._inp.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
                 heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}", **self._host_options(),
+                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}", **self._host_options(shard.host),
             ))
 
         tasks = {start(i): i for i in range(phase.parallelism)}
@@ -203,9 +204,8 @@ class CommitRun:
                 pending = in_shard_order(rest)
                 for task in in_shard_order(done):
                     i = tasks[task]
-                    if self._host_gone(task):  # its host did not come back in time: start afresh on another
-                        note = await self._move_to_another_host(state.shards[i])
-                        retry = start(i, note)
+                    if self._host_waited_for(task, state.shards[i]):  # busy or gone: ask, then wait or move
+                        retry = start(i, await self._rehome(state.shards[i]))
                         tasks[retry] = i
                         pending = in_shard_order({*pending, retry})
                         continue
@@ -214,6 +214,10 @@ class CommitRun:
             await self._cancel_shards(pending, state, "cancelled")
             self._end_phase(state, "cancelled")
             raise
+        except BaseException as exc:  # e.g. no host could be picked: never leave sibling shards running
+            await self._cancel_shards(pending, state, "cancelled")
+            self._end_phase(state, "failed", str(exc))
+            raise
         if failure:
             await self._cancel_shards(pending, state, "cancelled (another shard failed)")
             self._end_phase(state, "failed", failure)
@@ -221,28 +225,37 @@ class CommitRun:
         self._end_phase(state, "succeeded")
 
     # -- worker hosts: a shard's attempts go to the host that owns its builder --------------------------------
-    def _host_options(self) -> dict[str, object]:
+    def _host_options(self, host: str) -> dict[str, object]:
         """Activity options that send a builder's activities to its host, waiting for it at most ``host_wait``."""
-        if self._host is None:
-            return {}
-        return {"task_queue": self._host, "schedule_to_start_timeout": self._inp.tenant.host_wait}
+        return {"task_queue": host, "schedule_to_start_timeout": self._inp.tenant.host_wait} if host else {}
 
-    def _host_gone(self, task: asyncio.Future[ShardResult]) -> bool:
-        if task.cancelled():
+    def _host_waited_for(self, task: asyncio.Future[ShardResult], shard: ShardState) -> bool:
+        """The shard's attempt waited ``host_wait`` for its host without starting: that host is busy or gone."""
+        if task.cancelled() or not shard.host:
             return False
         exc = task.exception()
-        return (self._host is not None and isinstance(exc, ActivityError) and isinstance(exc.cause, ActivityTimeout)
-                and exc.cause.type == TimeoutType.SCHEDULE_TO_START)
+        return isinstance(exc, ActivityError) and isinstance(exc.cause, ActivityTimeout) and \
+            exc.cause.type == TimeoutType.SCHEDULE_TO_START
 
-    async def _move_to_another_host(self, shard: ShardState) -> str:
-        """Pick a live host for the rest of the run; return the line the shard's new log starts with."""
-        gone, waited = self._host, self._inp.tenant.host_wait
-        self._host = await workflow.execute_activity_method(
-            KatkitActivities.pick_host, PickHostInput(reason=f"{gone} did not come back within {waited}"),
-            start_to_close_timeout=PICK_HOST_TIMEOUT, retry_policy=INFRA_RETRY, summary="pick a worker host")
-        shard.generation += 1
-        note = (f"host {gone} did not come back within {waited}: this shard started afresh on {self._host} "
-                f"(its builder there is removed when that host returns)")
+    async def _rehome(self, shard: ShardState) -> str:
+        """A busy host keeps the shard (it re-attaches there); a gone one loses it to a live host, where it starts
+        afresh. Return the line the shard's new log starts with ('' when it stays)."""
+        gone, waited = shard.host, self._inp.tenant.host_wait
+        try:
+            await workflow.execute_activity(
+                ping_host, task_queue=ping_queue(gone), schedule_to_start_timeout=min(waited, PING_TIMEOUT),
+                start_to_close_timeout=PING_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=f"is {gone} there?")
+            return ""  # it answered: busy, not gone
+        except ActivityError:
+            pass
+        if gone == self._host:  # the run's host is gone: a live one takes the rest of the run
+            self._host = await workflow.execute_activity_method(
+                KatkitActivities.pick_host, PickHostInput(reason=f"{gone} did not come back within {waited}"),
+                start_to_close_timeout=PICK_HOST_TIMEOUT, retry_policy=INFRA_RETRY, summary="pick a worker host")
+        shard.host, shard.generation = self._host or "", shard.generation + 1
+        note = (f"host {gone} did not come back within {waited}: this shard started afresh on {shard.host} "
+                f"(the builder left on {gone} is removed when that host returns)")
         workflow.logger.warning(note)
         return note
 
@@ -253,8 +266,8 @@ class CommitRun:
         if exc is not None:
             shard.state = "failed"
             cause = exc.cause.message if isinstance(exc, ActivityError) and isinstance(exc.cause, FailureError) else str(exc)
-            self._cleanup_later.append(builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index,
-                                                    shard.generation))
+            self._cleanup_later.append((builder_name(self._status.run_id, workflow.info().run_id, phase.name, shard.index,
+                                                     shard.generation), shard.host))
             return f"{label}: {cause}"
         result = task.result()
         shard.exit_code, shard.log_key, shard.reattached = result.exit_code, result.log_key, result.reattached
@@ -277,16 +290,20 @@ class CommitRun:
         for shard in state.shards:
             if shard.state == "running":
                 shard.state = why
-        for name in self._cleanup_later:  # builders whose activity gave up: never leave them behind
-            try:
+        if self._hosts:  # each on its own host, all at once; a host that is gone leaves it to its reaper
+            removals = [workflow.execute_activity_method(
+                KatkitActivities.remove_builder, RemoveBuilderInput(tenant=self._inp.tenant, builder=name),
+                start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, **self._host_options(host),
+            ) for name, host in self._cleanup_later]
+            for name_host, outcome in zip(self._cleanup_later, await asyncio.gather(*removals, return_exceptions=True)):
+                if isinstance(outcome, BaseException):
+                    workflow.logger.warning("builder %s left to its host's reaper: %s", name_host[0], outcome)
+        else:
+            for name, _ in self._cleanup_later:  # builders whose activity gave up: never leave them behind
                 await workflow.execute_activity_method(
                     KatkitActivities.remove_builder, RemoveBuilderInput(tenant=self._inp.tenant, builder=name),
-                    start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, **self._host_options(),
+                    start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY,
                 )
-            except ActivityError as exc:
-                if not self._hosts:
-                    raise
-                workflow.logger.warning("builder %s left to its host's reaper: %s", name, exc)
         self._cleanup_later.clear()
 
     async def _deploy(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:

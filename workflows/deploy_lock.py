@@ -6,8 +6,8 @@ activity through update-with-start. ``acquire`` is an update that returns when t
 the same run asking again gets the lock it holds. A watchdog frees the lock of a run that closed
 without releasing it (terminated), so no waiter is lost and nothing deadlocks.
 
-The ledger: ``record`` appends a deployment (once per run execution and kind), ``import_history`` takes the
-JSON history older versions kept on a worker's disk (once). Any client or worker reads it with the ``state``
+The ledger: ``record`` appends a deployment (once per run execution and kind), ``import_history`` merges the
+JSON history older versions kept on a worker host's disk (each worker offers its own at start; taken once). Any client or worker reads it with the ``state``
 query, so rollback, a deploy's previous image and ``katkit history`` agree on every host. A workflow with a
 ledger never closes; it continues as new carrying the lock queue and the last ``LEDGER_KEEP`` records.
 """
@@ -142,13 +142,13 @@ class DeployLock:
         return self._state
 
     def _import(self, legacy: list[DeploymentRecord]) -> None:
+        """Merge a host's old JSON history (each host's worker offers its own at start; a record is taken once)."""
         st = self._state
-        if st.imported:
-            return
-        st.imported = True
+        st.imported = st.imported or bool(legacy)
         ours = {(r.run_id, r.image, r.at) for r in st.records}
-        st.records = sorted([r for r in legacy if (r.run_id, r.image, r.at) not in ours] + st.records,
-                            key=lambda r: r.at)[-LEDGER_KEEP:]
+        new = [r for r in legacy if (r.run_id, r.image, r.at) not in ours]
+        if new:
+            st.records = sorted(new + st.records, key=lambda r: r.at)[-LEDGER_KEEP:]
 
     @workflow.query(name=LOCK_STATE)
     def state(self) -> LockState:

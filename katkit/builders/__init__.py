@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field
@@ -47,8 +48,9 @@ class Builder(Protocol):
     def read_log(self, name: str, offset: int, limit: int) -> bytes:
         """Log bytes from ``offset``; what the builder wrote so far, complete once it has exited."""
 
-    def remove(self, name: str) -> None:
-        """Stop the builder if it runs and delete it. Idempotent."""
+    def remove(self, name: str, progress: Callable[[], None] = ...) -> None:
+        """Stop the builder if it runs and delete it. Idempotent. ``progress`` is called now and then while a stop
+        takes long (a grace period), so the activity can heartbeat."""
 
     def list(self) -> dict[str, dict[str, str]]:
         """Every builder of this backend, by name, with its labels (for the orphan reaper)."""

@@ -240,7 +240,7 @@ class DockerBuilder(EngineUser):
             follower.ready.set()
 
     @engine_errors
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
         import docker.errors
 
         with self._lock:

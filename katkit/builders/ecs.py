@@ -10,6 +10,7 @@ CloudWatch Logs stream (awslogs) is copied into the log store as it grows.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 import json
 import threading
 import time
@@ -196,7 +197,7 @@ class EcsBuilder:
         time.sleep(max(timeout, self.config.poll.total_seconds()))
 
     @aws_errors
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
         task = self._describe(name)
         if task is not None and task.get("lastStatus") in _RUNNING and task.get("desiredStatus") != "STOPPED":
             self.ecs.stop_task(cluster=task["clusterArn"], task=task["taskArn"], reason=STOP_REASON)

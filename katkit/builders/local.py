@@ -18,6 +18,7 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from katkit import agent
@@ -28,6 +29,14 @@ from katkit.names import inside
 
 STOP_GRACE_S = 10.0
 """How long ci.sh and its children have between SIGTERM and SIGKILL (``KATKIT_STOP_GRACE`` seconds)."""
+
+
+def stop_grace() -> float:
+    """``KATKIT_STOP_GRACE``, as the worker checked it at start (Settings.stop_grace); the default if unreadable."""
+    try:
+        return min(max(float(os.environ.get("KATKIT_STOP_GRACE", STOP_GRACE_S)), 0.0), 600.0)
+    except ValueError:
+        return STOP_GRACE_S
 START_GRACE_S = 10.0
 _BASE_ENV_KEYS = ("PATH", "LANG")  # the contract: ci.sh sees these of the host, nothing else
 
@@ -171,31 +180,35 @@ class LocalBuilder:
         except FileNotFoundError:
             return b""
 
-    def _stop(self, name: str, pid: int | None) -> None:
+    def _stop(self, name: str, pid: int | None, progress: Callable[[], None]) -> None:
         """SIGTERM the builder's whole process group, then SIGKILL what is left after the grace period, whether
-        or not the agent (the group's leader) still lives: a ci.sh that traps or ignores TERM goes too."""
+        or not the agent (the group's leader) still lives: a ci.sh that traps or ignores TERM goes too.
+        ``progress`` is called about once a second meanwhile (the activity heartbeats: a grace may be long)."""
         if pid is None:
             return
         if not self._alive(name, pid) and pid in _group_members(pid):
             return  # the pid leads another group now: that group is not ours (Linux never reuses a live group's id)
-        grace = float(os.environ.get("KATKIT_STOP_GRACE", STOP_GRACE_S))
-        for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for sig, wait in ((signal.SIGTERM, stop_grace()), (signal.SIGKILL, 5.0)):
             if not _group_members(pid):
                 return
             try:
                 os.killpg(pid, sig)
             except ProcessLookupError:
                 return
-            deadline = time.monotonic() + wait
+            deadline = last = time.monotonic()
+            deadline += wait
             while time.monotonic() < deadline and _group_members(pid):
                 if pid in _children:
                     _children[pid].poll()  # reap our own agent, so it does not linger as a zombie
+                if time.monotonic() - last >= 1.0:
+                    progress()
+                    last = time.monotonic()
                 time.sleep(0.05)
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
         """Stop the agent; the builder is gone as soon as its directory moves to the trash (deleted in the background)."""
         pid = self._pid(name)
-        self._stop(name, pid)
+        self._stop(name, pid, progress)
         if pid is not None and (proc := _children.pop(pid, None)) is not None:
             proc.poll()  # reaped; one that somehow lives on is reaped by subprocess once it exits
         trash = self.root.with_name(f"{self.root.name}.removed")  # deleted from there off the phase's critical path

@@ -224,3 +224,24 @@ async def test_a_worker_with_another_log_store_is_warned_at_start(scene: Scene) 
     text = (lone.home / "worker.log").read_text()
     assert "another worker host polls this task queue with another log store" in text, text
     assert "another log store" not in (shared.home / "worker.log").read_text()
+
+
+async def test_a_busy_host_keeps_its_shards(client, settings, config, repo: Path) -> None:
+    """More shards than the host has slots wait longer than host_wait: the host answers its ping, so they stay."""
+    import json
+    from datetime import timedelta
+
+    from katkit.sample import commit_files
+    from starter.api import Katkit
+    from tests.conftest import in_process_worker
+
+    config.tenant("d-taskrunner").host_wait = timedelta(seconds=2)
+    cfg = [{"EnvName": "default", "WorkFlow": [{"Name": "SLOW", "PhaseType": 4, "Order": 1, "Parallelism": 3}]}]
+    sha = commit_files(repo, {"ci.sh": "#!/usr/bin/env bash\necho start $KATKIT_SHARD_INDEX; sleep 4\n",
+                              "katkitconfig.js": json.dumps(cfg), "servicedescription/servicedescription.js": None})
+    kk = Katkit(client, settings, config)
+    async with in_process_worker(client, settings, threads=2):  # one slot for shards on this host
+        st = await kk.wait((await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="chaos")).run_id)
+        logs = {label: data.decode() async for label, data in kk.follow_logs(st.run_id)}
+    assert [(s.generation, s.host, s.exit_code) for s in st.phases[0].shards] == [(0, settings.host_queue, 0)] * 3
+    assert all("did not come back" not in text and text.count("running ci.sh") == 1 for text in logs.values()), logs

@@ -54,7 +54,8 @@ from katkit.models import (
 from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id, log_key
 from katkit.plan import read_plan
 from katkit.temporal import ledger_start
-from katkit.platforms import DeploymentRecord, Platform, RunningService, get_platform
+from katkit.backends import get_platform
+from katkit.platforms import DeploymentRecord, Platform, RunningService
 from katkit.platforms.history import ServiceRecords
 
 LOG_CHUNK = 1 << 20

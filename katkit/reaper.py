@@ -13,28 +13,12 @@ import structlog
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from katkit.backends import builders_on_this_host
 from katkit.builders import Builder
 from katkit.errors import KatkitError
 
 log = structlog.get_logger("katkit.reaper")
 REAP_INTERVAL_S = 300.0
-
-
-def builders_on_this_host(home: Path) -> list[Builder]:
-    """The local builders, and the Docker engine's when one answers."""
-    from katkit.builders.local import LocalBuilder
-
-    found: list[Builder] = [LocalBuilder(home / "builders")]
-    try:
-        from katkit.builders.docker import DockerBuilder
-        from katkit.config import DockerConfig
-
-        docker_builder = DockerBuilder(DockerConfig(), "")
-        docker_builder.list()
-        found.append(docker_builder)
-    except (ImportError, KatkitError):
-        pass
-    return found
 
 
 async def _run_is_open(client: Client, run_id: str, execution: str) -> bool:

@@ -33,7 +33,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes, Workfl
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from katkit.builders import get_builder
+from katkit.backends import get_builder, get_platform
 from katkit.config import KatkitConfig, NoConfigFound, Settings, load_config, load_settings
 from katkit.errors import BadInput, InfraError, RunFailed, UnknownName, did_you_mean
 from katkit.gitrepo import RepoMirror
@@ -72,7 +72,7 @@ from katkit.names import (
     log_key,
 )
 from katkit.plan import read_plan
-from katkit.platforms import DeploymentRecord, get_platform
+from katkit.platforms import DeploymentRecord
 from katkit.temporal import connect
 
 _OPEN = ExecStatus.RUNNING

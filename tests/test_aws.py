@@ -433,3 +433,28 @@ def test_iam_policy_allows_exactly_the_calls_katkit_makes() -> None:
     assert made <= allowed, f"calls the policy does not allow: {sorted(made - allowed)}"
     implied = {"iam:PassRole", "ecs:TagResource"}  # RunTask with roles and tags needs them, no call names them
     assert allowed - implied <= made, f"the policy allows calls katkit never makes: {sorted(allowed - implied - made)}"
+
+
+async def test_the_orphan_reaper_reaches_ecs_builders(client, ek: Katkit, repo: Path, sha: str, tenant: str,
+                                                      home: Path) -> None:
+    """The reaper lists every backend of the one table: ECS builders in the clusters this worker has used too."""
+    from katkit.backends import builders_on_this_host, get_builder
+    from katkit.builders import BuilderSpec
+    from katkit.reaper import reap_once
+
+    tenant_cfg = ek.config.tenant(tenant)
+    hold = threading.Event()
+    with FakeEcsAgent("katkit-builders", lambda env: Outcome(lines=["orphaned"], hold=hold)) as agent:
+        builder = get_builder("ecs", home, tenant_cfg)  # as an activity would have made it
+        labels = {"katkit.run": f"run-gone-{tenant}", "katkit.execution": "", "katkit.namespace": client.namespace,
+                  "katkit.task_queue": "queue-ecs", "katkit.tenant": tenant}
+        builder.start(BuilderSpec(name=f"katkit-orphan-{tenant}", labels=labels, repo_url=str(repo), sha=sha,
+                                  env={"KATKIT_PHASE": "BUILD"}))
+        await wait_for(lambda: agent.seen)
+        reapable = [b for b in builders_on_this_host(home) if type(b).__name__ == "EcsBuilder"]
+        assert reapable, "the reaper does not list ECS builders"
+        removed = await reap_once(client, reapable, "queue-ecs")
+        assert f"katkit-orphan-{tenant}" in removed
+        task = next(t for ts in ecs_backend().tasks.values() for t in ts.values() if t.task_arn in agent.seen)
+        assert task.desired_status == "STOPPED"
+        hold.set()

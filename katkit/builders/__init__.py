@@ -69,25 +69,7 @@ def builder_name(run_id: str, attempt_key: str, phase: str, shard: int, generati
     return f"katkit-{slug}-{pslug}-{shard}-{digest}"
 
 
-def get_builder(kind: str, home: Path, tenant: TenantConfig | None = None) -> Builder:
-    if kind == "local":
-        from katkit.builders.local import LocalBuilder
-
-        return LocalBuilder(home / "builders")
-    if kind == "docker":
-        from katkit.builders.docker import DockerBuilder
-        from katkit.config import DockerConfig
-
-        return DockerBuilder(tenant.docker if tenant else DockerConfig(), tenant.name if tenant else "")
-    if kind == "ecs":
-        from katkit.builders.ecs import EcsBuilder
-        from katkit.config import EcsConfig
-
-        return EcsBuilder(tenant.ecs if tenant else EcsConfig(), tenant.name if tenant else "")
-    from katkit.errors import BadInput
-
-    raise BadInput(f"builder {kind!r} is not available in this version; set the tenant's builder to local")
-
-
 def builder_for(tenant: TenantConfig, home: Path) -> Builder:
+    from katkit.backends import get_builder
+
     return get_builder(tenant.builder, home, tenant)

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from katkit.builders import BuilderSpec, BuilderState
-from katkit.config import DockerConfig
-from katkit.errors import BadInput, InfraError
+from katkit.config import DockerConfig, TenantConfig
+from katkit.errors import BadInput, InfraError, KatkitError
 
 MIRROR_IN_BUILDER = "/katkit/mirror"
 WORKSPACE_IN_BUILDER = "/workspace/src"
@@ -127,6 +127,20 @@ class DockerBuilder(EngineUser):
         self.tenant = tenant
         self._followers: dict[str, _LogFollower] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_tenant(cls, tenant: TenantConfig | None, home: object) -> DockerBuilder:
+        return cls(tenant.docker if tenant else DockerConfig(), tenant.name if tenant else "")
+
+    @classmethod
+    def on_this_host(cls, home: object) -> list[DockerBuilder]:
+        """The engine's builders, when an engine answers here."""
+        try:
+            builder = cls(DockerConfig(), "")
+            builder.list()
+        except (ImportError, KatkitError):
+            return []
+        return [builder]
 
     # -- the engine ------------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from katkit.aws import aws_errors, client
 from katkit.builders import BuilderSpec, BuilderState
-from katkit.config import EcsConfig
+from katkit.config import EcsConfig, TenantConfig
 from katkit.errors import BadInput
 
 STOP_REASON = "katkit: the builder is removed (finished, cancelled or timed out)"
@@ -39,12 +39,28 @@ class _LogCursor:
 
 
 class EcsBuilder:
+    _seen: dict[tuple[str | None, str, str], EcsConfig] = {}  # the clusters this process started builders in
+    _seen_lock = threading.Lock()
+
     def __init__(self, config: EcsConfig, tenant: str) -> None:
         self.config = config
         self.tenant = tenant
+        with self._seen_lock:
+            self._seen.setdefault((config.region, config.cluster, config.builders_cluster), config)
         self._cursors: dict[str, _LogCursor] = {}
         self._tasks: dict[str, tuple[str, str]] = {}  # builder name -> (cluster, task arn)
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_tenant(cls, tenant: TenantConfig | None, home: object) -> EcsBuilder:
+        return cls(tenant.ecs if tenant else EcsConfig(), tenant.name if tenant else "")
+
+    @classmethod
+    def on_this_host(cls, home: object) -> list[EcsBuilder]:
+        """Builders of the clusters this worker has used since it started (ECS has no list of tenants to ask)."""
+        with cls._seen_lock:
+            configs = list(cls._seen.values())
+        return [cls(config, "") for config in configs]
 
     @property
     def ecs(self) -> Any:

@@ -92,6 +92,14 @@ class LocalBuilder:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @classmethod
+    def for_tenant(cls, tenant: object, home: Path) -> LocalBuilder:
+        return cls(home / "builders")
+
+    @classmethod
+    def on_this_host(cls, home: Path) -> list[LocalBuilder]:
+        return [cls(home / "builders")]
+
     def _dir(self, name: str) -> Path:
         return inside(self.root, name)
 

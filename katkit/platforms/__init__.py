@@ -7,13 +7,11 @@ from the running service, never from the service description in the repository.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field
 
-from katkit.errors import BadInput
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
@@ -54,19 +52,3 @@ class Platform(Protocol):
         """Make ``target`` the running service; call ``progress`` while waiting. The deployment history is the
         service's ledger in Temporal (kept by the deploy activity), never a platform's: a platform only fills in
         what it alone knows on ``record`` (ECS: the task definition revisions)."""
-
-
-def get_platform(kind: str, home: Path) -> Platform:
-    if kind == "local":
-        from katkit.platforms.local import LocalPlatform
-
-        return LocalPlatform(home / "services")
-    if kind == "docker":
-        from katkit.platforms.docker import DockerPlatform
-
-        return DockerPlatform()
-    if kind == "ecs":
-        from katkit.platforms.ecs import EcsPlatform
-
-        return EcsPlatform()
-    raise BadInput(f"platform {kind!r} is not available in this version; set the tenant's platform to local")

@@ -59,6 +59,10 @@ class DockerPlatform(EngineUser):
     def __init__(self, client: Any = None) -> None:
         super().__init__(client)
 
+    @classmethod
+    def for_home(cls, home: object) -> DockerPlatform:
+        return cls()
+
     def _containers(self, tenant: str, service: str, all: bool = False) -> list[dict[str, Any]]:
         filters = {"label": [f"{TENANT_LABEL}={tenant}", f"{SERVICE_LABEL}={service}"]}
         return [self.api.inspect_container(c["Id"]) for c in self.api.containers(all=all, filters=filters)]

@@ -30,6 +30,10 @@ _TASKDEF_KEYS = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "co
 
 
 class EcsPlatform:
+    @classmethod
+    def for_home(cls, home: object) -> EcsPlatform:
+        return cls()
+
     def _ecs(self, tenant: TenantConfig) -> Any:
         return client("ecs", tenant.ecs.region)
 

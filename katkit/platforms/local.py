@@ -22,6 +22,10 @@ class LocalPlatform:
     def __init__(self, root: Path) -> None:
         self.records = ServiceRecords(root)
 
+    @classmethod
+    def for_home(cls, home: Path) -> LocalPlatform:
+        return cls(home / "services")
+
     def current(self, tenant: TenantConfig, service: str) -> RunningService | None:
         cur = self.records.load(tenant.name, service)["current"]
         return RunningService.model_validate(cur) if cur else None

@@ -116,6 +116,7 @@ class CommitRun:
         self._gh_deployment_id: int | None = None
         self._gh_deployment_opened = False
         self._hosts = False
+        self._evicted = False
         self._host: str | None = None  # the worker host whose builders this run's shards use (its own task queue)
 
     # -- the run ---------------------------------------------------------------------------------------
@@ -162,9 +163,13 @@ class CommitRun:
         except (asyncio.CancelledError, CancelledError):
             self._finish("cancelled", self._status.error or "cancelled")
             raise
+        except GeneratorExit:  # evicted from the worker's cache: nothing may be awaited, the run goes on elsewhere
+            self._evicted = True
+            raise
         finally:
-            await self._flush_notifications()
-            await self._flush_github()
+            if not self._evicted:
+                await self._flush_notifications()
+                await self._flush_github()
 
     def _rollback_plan(self, rollback: RollbackSpec) -> RunPlan:
         service = ServiceDescription(name=rollback.service, docker_image=rollback.image, fields={"Name": rollback.service})
@@ -214,7 +219,7 @@ class CommitRun:
             await self._cancel_shards(pending, state, "cancelled")
             self._end_phase(state, "cancelled")
             raise
-        except BaseException as exc:  # e.g. no host could be picked: never leave sibling shards running
+        except Exception as exc:  # e.g. no host could be picked: never leave sibling shards running
             await self._cancel_shards(pending, state, "cancelled")
             self._end_phase(state, "failed", str(exc))
             raise

@@ -97,6 +97,8 @@ class DockerPlatform(EngineUser):
         names = [f"{tenant.name}-{target.name}-{tag}-{i}" for i in range(target.replicas)]
         existing = self._containers(tenant.name, target.name, all=True)
         old = [c for c in existing if c["Name"].lstrip("/") not in names]
+        if old:  # what ran before this deploy, as the engine knows it (also when a crashed deploy resumes)
+            record.previous_image = max(old, key=lambda c: c["Created"])["Config"]["Image"]
         new_ids = [self._ensure_replica(tenant, target, name) for name in names]
         try:
             self._wait_healthy(new_ids, image_info, tenant, progress)

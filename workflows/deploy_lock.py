@@ -7,9 +7,10 @@ the same run asking again gets the lock it holds. A watchdog frees the lock of a
 without releasing it (terminated), so no waiter is lost and nothing deadlocks.
 
 The ledger: ``record`` appends a deployment (once per run execution and kind), ``import_history`` merges the
-JSON history older versions kept on a worker host's disk (each worker offers its own at start; taken once). Any client or worker reads it with the ``state``
-query, so rollback, a deploy's previous image and ``katkit history`` agree on every host. A workflow with a
-ledger never closes; it continues as new carrying the lock queue and the last ``LEDGER_KEEP`` records.
+JSON history older versions kept on a worker host's disk (each worker offers its own at start; taken once).
+Any client or worker reads it with the ``state`` query, so rollback, a deploy's previous image and ``katkit
+history`` agree on every host. A workflow with a ledger never closes; it continues as new carrying the lock
+queue and the last ``LEDGER_KEEP`` records.
 """
 
 from __future__ import annotations

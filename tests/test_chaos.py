@@ -83,16 +83,22 @@ async def test_server_killed_and_restarted_mid_phase(scene: Scene, outage_s: int
     await assert_whole_run(scene, kk, handle.run_id, timeout=120 + outage_s)
 
 
-async def test_server_killed_and_restarted_mid_phase_on_docker(tmp_path: Path, docker_api) -> None:
-    """The same outage with Docker builders: one container per shard ever, the log whole."""
+@pytest.mark.parametrize("fault", ["server killed 15 s", "worker frozen 15 s"])
+async def test_outages_on_docker_builders(tmp_path: Path, docker_api, fault: str) -> None:
+    """The same outages with Docker builders: one container per shard ever, the log whole."""
     scene = Scene(tmp_path, builder="docker")
     scene.server.start()
     since = int(time.time()) - 1
     try:
         kk, handle = await start_slow_run(scene)
-        scene.server.kill()
-        await asyncio.sleep(15)
-        scene.server.start()
+        if fault.startswith("server"):
+            scene.server.kill()
+            await asyncio.sleep(15)
+            scene.server.start()
+        else:
+            scene.hosts[0].signal(signal.SIGSTOP)
+            await asyncio.sleep(15)
+            scene.hosts[0].signal(signal.SIGCONT)
         st = await eventually(lambda: _ended(kk, handle.run_id), timeout=150)
         assert st.status == "succeeded", st.error
         assert_logs_whole(scene)

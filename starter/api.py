@@ -164,6 +164,12 @@ class Katkit:
         return (f"no worker is polling task queue {self.settings.task_queue!r} at {self.settings.address}; "
                 "start one with 'katkit worker' (or 'katkit dev')")
 
+    @property
+    def no_answer_note(self) -> str:
+        """What to say when a worker polls but did not answer a query in time (it has just gone, or is stuck)."""
+        return (f"no worker answered on task queue {self.settings.task_queue!r} at {self.settings.address} within "
+                f"{QUERY_DEADLINE.total_seconds():.0f} s; start one with 'katkit worker' (or 'katkit dev')")
+
     async def worker_note(self) -> str:
         """The one line that says no worker polls the task queue, or '' when one does."""
         return "" if await self.worker_polling() else self.no_worker_note
@@ -265,8 +271,7 @@ class Katkit:
 
     async def _decide(self, run_id: str, kind: str, inp: DecisionInput) -> Decision:
         handle = await self._handle(run_id)
-        if not await self.worker_polling():  # an update waits for a worker: say so at once instead
-            raise InfraError(self.no_worker_note)
+        await self._need_worker()
         try:
             return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision,
                                                rpc_timeout=2 * QUERY_DEADLINE)
@@ -324,8 +329,7 @@ class Katkit:
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     raise
-                note = (f"no worker answered on task queue {self.settings.task_queue!r} at {self.settings.address} "
-                        f"within {QUERY_DEADLINE.total_seconds():.0f} s; start one with 'katkit worker' (or 'katkit dev')")
+                note = self.no_answer_note
         else:
             note = self.no_worker_note
         sa = desc.typed_search_attributes
@@ -508,27 +512,24 @@ class Katkit:
         self.config.tenant(tenant)
         if not is_safe_name(service):
             raise BadInput(f"--service {service!r} is not a service name; a service Name is {NAME_RULE}")
-        handle = self.client.get_workflow_handle(deploy_lock_id(self.settings.task_queue, tenant, service))
-        try:
-            if (await handle.describe()).status != _OPEN:
-                return None
-        except RPCError as exc:
-            if exc.status == RPCStatusCode.NOT_FOUND:
-                return None
-            raise
-        return await self._lock_state(handle.id)
+        lock_id = deploy_lock_id(self.settings.task_queue, tenant, service)
+        if not await self._is_open(lock_id):
+            return None
+        await self._need_worker()
+        return await self._lock_state(lock_id)
 
-    async def _lock_state(self, lock_id: str) -> LockState:
-        """A DeployLock's state (lock and ledger): a query, so a worker must answer it; one line when none does."""
+    async def _need_worker(self) -> None:
+        """A query or an update waits for a worker: one line at once when none polls."""
         if not await self.worker_polling():
             raise InfraError(self.no_worker_note)
+
+    async def _lock_state(self, lock_id: str) -> LockState:
+        """A DeployLock's state (lock and ledger), asked of a worker (see ``_need_worker``) within the deadline."""
         try:
             return await self.client.get_workflow_handle(lock_id).query(LOCK_STATE, result_type=LockState,
                                                                          rpc_timeout=QUERY_DEADLINE)
-        except RPCError as exc:
-            raise InfraError(f"no worker answered on task queue {self.settings.task_queue!r} at {self.settings.address} "
-                             f"within {QUERY_DEADLINE.total_seconds():.0f} s ({exc.message}); start one with "
-                             "'katkit worker' (or 'katkit dev')") from None
+        except RPCError:
+            raise InfraError(self.no_answer_note) from None
 
     async def deployments(self, tenant: str, service: str) -> list[DeploymentRecord]:
         """The service's deployments and rollbacks, oldest first (the last is what runs now)."""
@@ -573,8 +574,11 @@ class Katkit:
     async def locks(self, tenant: str | None = None) -> list[LockState]:
         self.check_tenant_filter(tenant)
         query = f'WorkflowType = "{DEPLOY_LOCK}" AND ExecutionStatus = "Running" AND TaskQueue = "{self.settings.task_queue}"'
-        out = []
+        out, asked = [], False
         async for wf in self.client.list_workflows(query):
+            if not asked:
+                await self._need_worker()  # once, before the first query
+                asked = True
             st = await self._lock_state(wf.id)
             if tenant is None or st.tenant == tenant:
                 out.append(st)

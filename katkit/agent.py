@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import IO, Any
 
 AGENT_FAILURE = 255  # the agent itself could not run ci.sh (checkout failed, no ci.sh)
 
@@ -32,12 +33,12 @@ def credential_args(token: str | None) -> list[str]:
     return ["-c", "credential.helper=", "-c", f"credential.helper={CREDENTIAL_HELPER}"] if token else []
 
 
-def _say(out, text: str) -> None:
+def _say(out: IO[bytes], text: str) -> None:
     out.write(f"[katkit-agent] {text}\n".encode())
     out.flush()
 
 
-def run(spec: dict, out) -> dict:
+def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
     """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log."""
     started = time.time()
     ws = spec["workspace"]
@@ -92,7 +93,7 @@ def run_in_state_dir(state_dir: str) -> int:
     return int(result["exit_code"])
 
 
-def command(state_dir) -> list[str]:
+def command(state_dir: str | os.PathLike[str]) -> list[str]:
     """How a builder starts the agent on ``state_dir`` (stdlib only: no site-packages, no user environment)."""
     return [sys.executable, "-I", "-S", os.path.abspath(__file__), str(state_dir)]
 

@@ -9,13 +9,14 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from katkit.errors import InfraError
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str | None], Any] = {}
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
 def client(service: str, region: str | None = None) -> Any:
@@ -38,11 +39,11 @@ def reset_clients() -> None:
         _clients.clear()
 
 
-def aws_errors(fn: F) -> F:
+def aws_errors(fn: Callable[P, R]) -> Callable[P, R]:
     """botocore errors -> InfraError (retried) with one line; callers turn the ones that are bad input into BadInput."""
 
     @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
@@ -53,4 +54,4 @@ def aws_errors(fn: F) -> F:
         except BotoCoreError as exc:
             raise InfraError(f"AWS call failed: {str(exc)[:200]}") from exc
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper

@@ -274,9 +274,9 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
                           "and drop any !!int, !!float, !!bool or !!timestamp tag") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with 'tenants' and 'links' at the top level")
-    problem = unfit(data)  # what a workflow payload cannot hold
-    if problem is not None:
-        raise ConfigError(f"{source}: {problem[0]}; {problem[1]}")
+    misfit = unfit(data)  # what a workflow payload cannot hold
+    if misfit is not None:
+        raise ConfigError(f"{source}: {misfit[0]}; {misfit[1]}")
     try:
         return KatkitConfig.model_validate(data)
     except ValidationError as exc:
@@ -304,7 +304,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> KatkitConfig:
         if not Path(explicit).is_file():
             raise ConfigError(f"katkit.yaml not found: {explicit}; check the path (--config or KATKIT_CONFIG)")
         return _read_config(Path(explicit))
-    candidates = ["katkit.yaml", Settings().home / "katkit.yaml"]
+    candidates: list[str | Path] = ["katkit.yaml", Settings().home / "katkit.yaml"]
     for c in candidates:
         if Path(c).is_file():
             return _read_config(Path(c))

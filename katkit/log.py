@@ -7,18 +7,20 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TextIO
 
 import structlog
+from structlog.typing import Processor
 
 _configured = False
 
 
-def configure_logging(level: str | int = "INFO", *, json_logs: bool | None = None, stream=None) -> None:
+def configure_logging(level: str | int = "INFO", *, json_logs: bool | None = None, stream: TextIO | None = None) -> None:
     global _configured
     stream = stream or sys.stderr
     if json_logs is None:
         json_logs = not stream.isatty()
-    shared = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
@@ -45,4 +47,4 @@ def configure_logging(level: str | int = "INFO", *, json_logs: bool | None = Non
 
 
 def get_logger(name: str = "katkit") -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(name)
+    return structlog.stdlib.get_logger(name)

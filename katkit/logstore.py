@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from katkit.errors import BadInput
+
+if TYPE_CHECKING:
+    from katkit.config import Settings
 
 
 class LogStore(Protocol):
@@ -107,10 +110,11 @@ class S3LogStore:
             raise BadInput(f"log store {url!r} is not s3://bucket/prefix; fix KATKIT_LOG_STORE")
         bucket, _, prefix = url[5:].partition("/")
         self.bucket, self.prefix = bucket, prefix.strip("/")
-        self._s3 = s3
+        self._s3: Any = s3
 
     @property
-    def s3(self):  # noqa: ANN201 - a boto3 S3 client
+    def s3(self) -> Any:
+        """A boto3 S3 client."""
         if self._s3 is None:
             from katkit.aws import client
 
@@ -183,7 +187,8 @@ class S3LogStore:
         from botocore.exceptions import ClientError
 
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=self._base(key) + ".done")["Body"].read().decode()
+            body: bytes = self.s3.get_object(Bucket=self.bucket, Key=self._base(key) + ".done")["Body"].read()
+            return body.decode()
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
@@ -214,7 +219,7 @@ class S3LogStore:
         return f"s3://{self.bucket}/{self._base(key)}"
 
 
-def log_store_for(settings) -> LogStore:  # noqa: ANN001 - katkit.config.Settings (imported lazily)
+def log_store_for(settings: Settings) -> LogStore:
     """The log store the settings name: ``KATKIT_LOG_STORE=s3://bucket/prefix``, else the log directory."""
     if settings.log_store:
         return S3LogStore(settings.log_store)

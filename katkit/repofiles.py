@@ -19,7 +19,7 @@ KATKITCONFIG = "katkitconfig.js"
 SERVICEDESCRIPTION = "servicedescription/servicedescription.js"
 CI_SH = "ci.sh"
 
-PHASE_TYPES = {4: PhaseType.EXECUTION, 1: PhaseType.DEPLOYMENT}
+PHASE_TYPES: dict[float, PhaseType] = {4: PhaseType.EXECUTION, 1: PhaseType.DEPLOYMENT}  # a PhaseType of 4.0 finds 4
 MAX_PARALLELISM = 256
 """Shards of one phase: each is a builder and an activity at once; more would swamp a host and a workflow's history."""
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -102,7 +102,7 @@ def _parse_phase(raw: Any, file: str, position: int) -> Phase:
     if not isinstance(raw, dict):
         raise RepoFileError(file, f"WorkFlow item {position} is not an object", 'write {"Name": ..., "PhaseType": 4, ...}')
     name = raw.get("Name")
-    if not is_safe_name(name):
+    if not isinstance(name, str) or not is_safe_name(name):
         raise RepoFileError(file, f"WorkFlow item {position} has Name {name!r}", f"give every phase a Name of {NAME_RULE}")
     ptype = raw.get("PhaseType")
     if isinstance(ptype, bool) or not isinstance(ptype, (int, float)) or ptype not in PHASE_TYPES:  # lists: unhashable

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 SAMPLE_CI_SH = """#!/usr/bin/env bash
@@ -94,7 +95,7 @@ def _git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout.strip()
 
 
-def commit_files(repo: Path, files: dict[str, str | None], message: str = "update", branch: str = "main") -> str:
+def commit_files(repo: Path, files: Mapping[str, str | None], message: str = "update", branch: str = "main") -> str:
     """Write (or, for None, delete) files in ``repo`` (made if needed), commit them, return the new sha."""
     if not (repo / ".git").exists():
         repo.mkdir(parents=True, exist_ok=True)

@@ -37,26 +37,73 @@ class BuilderState(BaseModel):
 
 
 class Builder(Protocol):
-    def start(self, spec: BuilderSpec) -> bool:
-        """Start the builder; False when one of that name exists already (re-attached, not started again)."""
+    """Where one phase shard's agent runs: the local process, a Docker container or an ECS task, by name.
 
-    def state(self, name: str) -> BuilderState: ...
+    The run_shard activity drives it: ``start``, then in a loop ``state``, ``read_log`` until a short read, and
+    ``wait`` until ``state`` says it is no longer running, then ``remove``. Methods block (they run in activity
+    threads). Use one instance for one builder from start to end: the Docker and ECS builders keep their read
+    position in the log in the instance, and their ``state`` depends on it.
+    """
+
+    def start(self, spec: BuilderSpec) -> bool:
+        """Start a builder named ``spec.name`` that runs the agent on ``spec``; True when this call started it.
+
+        Idempotent by name: when a builder of that name exists already, running or exited (a retried activity,
+        a restarted worker), nothing new starts and the answer is False (re-attached; Docker starts a container
+        that was created but never started). Raises BadInput when it cannot start as specified (its image is
+        missing, the ECS task definition is not registered, ECS placed no task) and InfraError when the engine
+        fails.
+        """
+
+    def state(self, name: str) -> BuilderState:
+        """Whether the builder still runs, and once it does not, how it ended.
+
+        ``running`` stays True until the builder has exited and its log is complete: from then on ``read_log``
+        returns the rest of the log, if anything is left. The Docker and ECS builders say so only once this
+        instance's ``read_log`` has read the log to its end, so a caller must keep reading while it waits.
+        When it is False, ``exit_code`` is the agent's exit code (ci.sh's; 255 when the agent could not run ci.sh;
+        Docker reports 137 and 143 as a SIGKILL or SIGTERM from outside) and ``reason`` says it in words.
+        ``exit_code`` is None, with a ``reason``, when the builder ended without one: it does not exist (removed
+        or never started), its process was killed before the agent recorded the exit, or its ECS task stopped
+        before the agent's container exited.
+        """
 
     def wait(self, name: str, timeout: float) -> None:
-        """Block until the builder may have changed state or ``timeout`` seconds pass (a sleep is a valid answer)."""
+        """Block until the builder may have changed state or about ``timeout`` seconds pass (ECS: at least its
+        poll interval). It may return early or just sleep: callers check ``state`` and read the log again."""
 
     def read_log(self, name: str, offset: int, limit: int) -> bytes:
-        """Log bytes from ``offset``; what the builder wrote so far, complete once it has exited."""
+        """Up to ``limit`` bytes of the builder's log from byte ``offset`` (b"" for a builder that does not exist).
+
+        Fewer bytes, even none, mean only that no more has arrived yet: ``state`` tells when the log is complete.
+        Reading on from where the last read ended is cheap; Docker and ECS serve another offset by reading the
+        log again from an earlier point and skipping to it.
+        """
 
     def remove(self, name: str, progress: Callable[[], None] = ...) -> None:
-        """Stop the builder if it runs and delete it. Idempotent. ``progress`` is called now and then while a stop
-        takes long (a grace period), so the activity can heartbeat."""
+        """Stop the builder if it still runs and remove it (local: its directory, moved aside and deleted in the
+        background; Docker: its container; ECS: the task is stopped). Idempotent: a builder that is gone already,
+        or never existed, is no error.
+
+        How it stops depends on the backend. Local: SIGTERM to the agent's process group, SIGKILL to what is left
+        after the worker's stop grace (``KATKIT_STOP_GRACE``), and ``progress`` is called about once a second
+        meanwhile (the activity heartbeats). Docker: the container is removed with force (killed at once). ECS:
+        StopTask, which does not wait (ECS sends SIGTERM, then SIGKILL after the task definition's stop timeout).
+        """
 
     def list(self) -> dict[str, dict[str, str]]:
-        """Every builder of this backend, by name, with its labels (for the orphan reaper)."""
+        """The builders of this backend that this instance can see, by name, with the labels of their spec
+        (Docker and ECS add a ``katkit.builder`` label; {} for a local builder whose spec cannot be read). The
+        orphan reaper reads them (``katkit.run``, ``katkit.execution``, ``katkit.phase``, ``katkit.shard``,
+        ``katkit.generation``, ``katkit.namespace``, ``katkit.task_queue``) and removes the builders of its own
+        installation whose run is closed or whose shard started afresh on another host. Local and Docker list
+        exited builders too; ECS lists the tasks still meant to run."""
 
     def check_image(self, image: str | None) -> None:
-        """Raise BadInput unless a phase could start with ``image`` (None: the default builder image)."""
+        """Raise BadInput unless a phase could start with ``image`` (None: the default builder image), and
+        InfraError when the engine cannot be asked. Docker: the image must be on the engine. ECS: no image may
+        be named (RunTask cannot override it) and the builder task definition must be registered. Local: any
+        image is accepted (ignored)."""
 
 
 def builder_name(run_id: str, attempt_key: str, phase: str, shard: int, generation: int = 0) -> str:

@@ -14,7 +14,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from katkit.builders import BuilderSpec, BuilderState
 from katkit.config import DockerConfig, TenantConfig
@@ -27,14 +27,16 @@ QUEUE_CHUNKS = 64
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
 _RUNNING = ("created", "running", "restarting", "paused")
 
-F = TypeVar("F", bound=Callable[..., Any])
+E = TypeVar("E", bound="EngineUser")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 
-def engine_errors(fn: F) -> F:
+def engine_errors(fn: Callable[Concatenate[E, P], R]) -> Callable[Concatenate[E, P], R]:
     """docker-py / requests errors -> InfraError (retried); a missing image stays BadInput."""
 
     @functools.wraps(fn)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: E, /, *args: P.args, **kwargs: P.kwargs) -> R:
         import docker.errors
         import requests.exceptions
 
@@ -46,7 +48,7 @@ def engine_errors(fn: F) -> F:
             first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
             raise InfraError(f"Docker engine at {self._base_url()} failed: {first} (is dockerd running?)") from exc
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
 
 
 class _LogFollower:

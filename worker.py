@@ -16,8 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import KatkitActivities
-from activities.katkit_activities import ping_host, ping_queue
+from activities import DeployActivities, HostActivities, ReportActivities, ShardActivities, ping_host, ping_queue
 from katkit.config import Settings, load_settings
 from katkit.log import configure_logging, get_logger
 from katkit.logstore import log_store_for
@@ -79,9 +78,11 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
     """The host's workers, sharing ``executor``: its threads are split between the shared queue and the host's own,
     so together they never take more activities than there are threads to run them."""
     import_sdks()  # here, on one thread: activity threads importing a heavy SDK together can see it half-made
-    activities = KatkitActivities(settings.home, log_store_for(settings), client=client, executor=executor,
-                                  lock_watchdog_s=settings.lock_watchdog, ui_url=settings.ui_url,
-                                  github_token=settings.github_token, host_queue=settings.host_queue)
+    shards = ShardActivities(settings.home, log_store_for(settings), github_token=settings.github_token,
+                             host_queue=settings.host_queue)
+    deploys = DeployActivities(settings.home, client, executor=executor, lock_watchdog_s=settings.lock_watchdog)
+    reports = ReportActivities(ui_url=settings.ui_url, github_token=settings.github_token)
+    host_bound = [shards.run_shard, shards.remove_builder]  # what touches this host's builders: on its queue too
     host_slots = max(1, executor._max_workers // 2)
     common: dict[str, Any] = dict(
         activity_executor=executor,
@@ -98,11 +99,12 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(
                 "structlog", "rich", "pydantic", "pydantic_core", "annotated_types", "katkit", "activities")),
-        activities=activities.all(),
+        activities=[shards.checkout, *host_bound, deploys.deploy, deploys.closed_runs, reports.notify,
+                    reports.github_report, HostActivities(settings.host_queue).pick_host],
         max_concurrent_activities=max(1, executor._max_workers - host_slots),
         **common,
     )
-    host = Worker(client, task_queue=settings.host_queue, activities=activities.host_bound(),
+    host = Worker(client, task_queue=settings.host_queue, activities=host_bound,
                   max_concurrent_activities=host_slots, **common)
     ping = Worker(client, task_queue=ping_queue(settings.host_queue), activities=[ping_host],
                   max_concurrent_activities=8, identity=worker_identity(settings))

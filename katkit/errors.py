@@ -1,7 +1,7 @@
 """The exception tree of katkit. Every error a user sees is one line: what is wrong and how to fix it.
 
     KatkitError
-    ├── BadInput                 exit 2, never retried (ApplicationError type "BadInput")
+    ├── BadInput                 exit 2, never retried (ApplicationError type ErrorType.BAD_INPUT)
     │   ├── RepoFileError        a malformed ci.sh / katkitconfig.js / servicedescription.js
     │   ├── ConfigError          a malformed katkit.yaml or setting
     │   ├── UnknownName          unknown tenant, repo, run or phase
@@ -13,9 +13,6 @@ Third-party errors are translated at the boundary: ``raise InfraError(...) from 
 """
 
 from __future__ import annotations
-
-BAD_INPUT_TYPE = "BadInput"
-"""ApplicationError type for bad input; listed as non-retryable in every retry policy."""
 
 
 class KatkitError(Exception):
@@ -64,5 +61,5 @@ def did_you_mean(value: str, choices: list[str] | tuple[str, ...]) -> str:
     """`` (did you mean 'x'?)`` for the closest known name, or '' when none is close."""
     import difflib
 
-    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""

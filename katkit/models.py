@@ -10,10 +10,11 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from katkit.config import LinkConfig, TenantConfig
 from katkit.platforms import DeploymentRecord
+from katkit.states import DeployKind, Outcome, State
 
 
 class Model(BaseModel):
@@ -62,11 +63,15 @@ class CommitRunInput(Model):
     """Start one commit of one link in one tenant. Config is resolved by the starter, so a run is self-contained."""
 
     tenant: TenantConfig
-    link: LinkConfig
-    sha: str
+    link: LinkConfig | None = Field(None, description="None only for a rollback whose repository is not linked now")
+    sha: str = Field("", description="'' only for a rollback to an image whose commit the ledger does not know")
     ref: str = Field("", description="what the user asked for, e.g. 'branch main' or 'pr 12'")
     started_by: str
     rollback: RollbackSpec | None = None
+
+    @property
+    def repo(self) -> str:
+        return self.link.repo if self.link else self.rollback.repo if self.rollback else ""
 
 
 class CheckoutInput(Model):
@@ -114,12 +119,28 @@ class DeployInput(Model):
     run_id: str
     execution: str = Field("", description="the workflow run id of the deploying run (lock identity)")
     tenant: TenantConfig
-    sha: str
+    kind: DeployKind
+    service: str = Field(description="the service's Name")
+    image: str = Field(description="what runs once the deploy is done")
+    sha: str = Field("", description="the commit the image was built from ('' when a rollback's is unknown)")
     repo: str = ""
-    service: ServiceDescription
+    description: ServiceDescription | None = Field(
+        None, description="a deploy: servicedescription.js at the sha (its settings apply to a service not yet running); "
+                          "a rollback: None (the running service's settings are kept)")
     started_by: str
     approved_by: list[str] = Field(default_factory=list)
-    image: str | None = Field(None, description="deploy exactly this image (rollback) instead of the sha's")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_before_kind(cls, data: object) -> object:
+        """Inputs recorded by katkit before ``kind`` (in a history, or a deploy in flight across an upgrade) carried
+        the whole ServiceDescription as ``service`` and an ``image`` only for a rollback."""
+        if isinstance(data, dict) and "kind" not in data and isinstance(data.get("service"), dict):
+            desc = ServiceDescription.model_validate(data["service"])
+            data = {**data, "kind": DeployKind.ROLLBACK if data.get("image") else DeployKind.DEPLOY,
+                    "service": desc.name, "image": data.get("image") or desc.image_for(str(data.get("sha", ""))),
+                    "description": None if data.get("image") else desc}
+        return data
 
 
 class DeployResult(Model):
@@ -152,7 +173,8 @@ class Decision(Model):
 
 class ShardState(Model):
     index: int
-    state: str = "pending"
+    state: State = State.PENDING
+    message: str = Field("", description="why it ended so, when that is not its own doing (another shard failed)")
     exit_code: int | None = None
     log_key: str = ""
     duration_s: float | None = None
@@ -160,13 +182,22 @@ class ShardState(Model):
     generation: int = Field(0, description="how often it started afresh because its host did not come back")
     host: str = Field("", description="the task queue of the worker host that runs its builder")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _recorded_with_reason(cls, data: object) -> object:
+        """Older runs wrote the reason into the state: 'cancelled (another shard failed)'."""
+        if isinstance(data, dict) and isinstance(data.get("state"), str) and " (" in data["state"]:
+            state, _, why = data["state"].partition(" (")
+            data = {**data, "state": state, "message": data.get("message") or why.rstrip(")")}
+        return data
+
 
 class PhaseState(Model):
     name: str
     type: PhaseType
     order: int
     parallelism: int = 1
-    state: str = "pending"  # pending running succeeded failed cancelled skipped awaiting_approval deploying
+    state: State = State.PENDING
     started_at: datetime | None = None
     ended_at: datetime | None = None
     shards: list[ShardState] = Field(default_factory=list)
@@ -181,7 +212,7 @@ class ApprovalState(Model):
     awaiting: bool = False
     since: datetime | None = None
     approved_by: list[str] = Field(default_factory=list)
-    outcome: str = Field("", description="approved, rejected, timed_out or '' while undecided")
+    outcome: Outcome | Literal[""] = Field("", description="approved, rejected, timed_out or '' while undecided")
     deploy_not_before: datetime | None = Field(None, description="the end of the tenant's wait timer")
     decisions: list[Decision] = Field(default_factory=list)
 
@@ -196,7 +227,7 @@ class RunStatus(Model):
     sha: str
     ref: str = ""
     started_by: str
-    status: str = "running"  # running awaiting_approval deploying succeeded failed rejected cancelled
+    status: State = State.RUNNING
     phase: str = ""
     started_at: datetime | None = None
     ended_at: datetime | None = None
@@ -212,7 +243,8 @@ class RollbackSpec(Model):
 
     service: str
     image: str
-    sha: str = ""
+    sha: str = Field("", description="the commit the image was built from, when the ledger knows it")
+    repo: str = Field("", description="the repository the image was built from, when the ledger knows it")
 
 
 class LockRequest(Model):
@@ -277,7 +309,7 @@ class PromotionInput(Model):
 class PromotionStep(Model):
     tenant: str
     run_id: str
-    status: str = "pending"
+    status: State = State.PENDING
     error: str = ""
     image: str = ""
 
@@ -287,7 +319,7 @@ class PromotionStatus(Model):
     repo: str
     sha: str
     started_by: str
-    status: str = "running"
+    status: State = State.RUNNING
     current: str = ""
     steps: list[PromotionStep] = Field(default_factory=list)
     note: str = Field("", description="set by the starter, never by the workflow: e.g. that no worker polls")

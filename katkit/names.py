@@ -30,10 +30,6 @@ SA_PHASE = SearchAttributeKey.for_keyword("KatkitPhase")
 SA_STATUS = SearchAttributeKey.for_keyword("KatkitStatus")
 SEARCH_ATTRIBUTES = (SA_TENANT, SA_REPO, SA_SHA, SA_PHASE, SA_STATUS)
 
-TERMINAL_STATUSES = ("succeeded", "failed", "rejected", "cancelled")
-RUN_STATUSES = ("running", "awaiting_approval", "deploying", *TERMINAL_STATUSES)
-"""Every value of KatkitStatus on a CommitRun (what ``katkit list --status`` filters on)."""
-
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 """Names that become part of paths, container names, labels, lock ids and workflow ids: tenant, repo, service, phase."""
 NAME_RULE = "1 to 63 letters, digits, '_', '.' or '-', starting with a letter or digit, without '..'"

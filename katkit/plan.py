@@ -1,18 +1,25 @@
 """Read and validate everything a run needs from the repository at one sha, before any builder starts.
 
-Used by the checkout activity (authoritative) and by the starter before it starts a run (so that a bad
-file is one line and exit code 2, with nothing started).
+``check_run`` is the one validation of a run. The checkout activity calls it (authoritative: it runs where the
+builders are) and so does the starter before it starts a run, so that a bad file is one line and exit code 2
+with nothing started (a run started first and failed by its checkout would leave a failed run behind).
 """
 
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 
-from katkit.config import LinkConfig
-from katkit.errors import ConfigError, RepoFileError
+from typing import TYPE_CHECKING
+
+from katkit.config import LinkConfig, TenantConfig
+from katkit.errors import ConfigError, InfraError, RepoFileError
 from katkit.gitrepo import RepoMirror
 from katkit.models import Phase, PhaseType, RunPlan
 from katkit.repofiles import CI_SH, KATKITCONFIG, SERVICEDESCRIPTION, parse_katkitconfig, parse_servicedescription
+
+if TYPE_CHECKING:
+    from katkit.builders import Builder
 
 DEFAULT_PHASE = Phase(name="ci", type=PhaseType.EXECUTION, order=1)
 """The one phase of a repository without katkitconfig.js: run ci.sh once."""
@@ -48,3 +55,24 @@ def read_plan(mirror: RepoMirror, link: LinkConfig, env: str, sha: str, token: s
             )
         service = parse_servicedescription(text, path(SERVICEDESCRIPTION))
     return RunPlan(sha=full, env_entry=entry, local_fleet=local_fleet, phases=phases, service=service)
+
+
+def check_run(mirror: RepoMirror, link: LinkConfig, tenant: TenantConfig, sha: str, token: str | None,
+              builder: Callable[[], Builder], *, engine_may_be_away: bool = False) -> RunPlan:
+    """The run's plan once everything it needs is known good: the repository's files at ``sha`` for the tenant's
+    ENV, and every execution phase's builder image (a missing one fails here, before any builder starts).
+
+    ``engine_may_be_away``: the starter's machine may not reach the tenant's engine (an ECS cluster, a remote
+    Docker); then the images are left to the checkout activity, which checks them where the builders run."""
+    plan = read_plan(mirror, link, tenant.env, sha, token)
+    images = sorted({p.image or "" for p in plan.phases if p.type == PhaseType.EXECUTION})
+    if not images:  # a deploy-only repository needs no builder
+        return plan
+    checker = builder()
+    try:
+        for image in images:
+            checker.check_image(image or None)
+    except InfraError:
+        if not engine_may_be_away:
+            raise
+    return plan

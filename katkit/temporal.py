@@ -18,14 +18,21 @@ from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
 from typing import Any
 
-from temporalio.client import Client, TLSConfig, WithStartWorkflowOperation
-from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.client import (
+    Client,
+    TLSConfig,
+    WithStartWorkflowOperation,
+    WorkflowExecutionDescription,
+    WorkflowExecutionStatus,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.config import Settings
 from katkit.errors import ConfigError, InfraError
-from katkit.names import SEARCH_ATTRIBUTES
+from katkit.names import SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT, SEARCH_ATTRIBUTES
+from katkit.states import State
 
 DATA_CONVERTER = pydantic_data_converter
 STARTING_GRACE_S = 30.0  # a server whose port is open but whose frontend is "not healthy yet" is waited for
@@ -66,6 +73,29 @@ def ledger_start(task_queue: str, tenant: str, service: str, watchdog_s: float,
         id=deploy_lock_id(task_queue, tenant, service), task_queue=task_queue,
         id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
         static_summary=f"ledger and deploy lock of {service} in {tenant}")
+
+
+async def describe_or_none(client: Client, workflow_id: str, run_id: str | None = None) -> WorkflowExecutionDescription | None:
+    """A workflow's description, or None when the server has no such workflow (never started, or deleted)."""
+    try:
+        return await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def is_open(client: Client, workflow_id: str) -> bool:
+    """Whether the workflow exists and still runs."""
+    desc = await describe_or_none(client, workflow_id)
+    return desc is not None and desc.status == WorkflowExecutionStatus.RUNNING
+
+
+def run_search_attributes(tenant: str, repo: str, sha: str, phase: str) -> TypedSearchAttributes:
+    """What a run or a promotion starts with: its tenant, repo, sha and phase, status running (the list's columns)."""
+    return TypedSearchAttributes([
+        SearchAttributePair(SA_TENANT, tenant), SearchAttributePair(SA_REPO, repo), SearchAttributePair(SA_SHA, sha),
+        SearchAttributePair(SA_PHASE, phase), SearchAttributePair(SA_STATUS, State.RUNNING.value)])
 
 
 def search_attribute_command(namespace: str) -> str:

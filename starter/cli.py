@@ -21,6 +21,7 @@ from rich.console import Console
 from katkit.config import load_config, load_settings
 from katkit.errors import KatkitError
 from katkit.log import configure_logging
+from katkit.states import LIVE, State
 from starter.api import Katkit
 from starter.render import PhasePrinter, status_table
 
@@ -146,7 +147,7 @@ async def status(run_id: str, as_json: bool) -> None:
                 out.print(f"  {step.tenant:<18} {step.status:<12} {step.run_id}  {step.error or step.image}".rstrip())
             if pst.note:
                 err.print(f"katkit: warning: {pst.note}")
-        sys.exit(0 if pst.status in ("succeeded", "running") else 1)
+        sys.exit(0 if pst.status in (State.SUCCEEDED, State.RUNNING) else 1)
     st = await kk.status(run_id)
     if as_json:
         click.echo(st.model_dump_json(indent=2))
@@ -158,7 +159,7 @@ async def status(run_id: str, as_json: bool) -> None:
             out.print(f"deployed: {st.deployed.image} (replicas {st.deployed.replicas}, previous {st.deployed.previous_image})")
         if st.error:
             out.print(f"[red]{st.error}[/]")
-    sys.exit(0 if st.status in ("succeeded", "running", "awaiting_approval", "deploying") else 1)
+    sys.exit(0 if st.status == State.SUCCEEDED or st.status in LIVE else 1)
 
 
 @cli.command()

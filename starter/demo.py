@@ -18,6 +18,7 @@ from katkit.config import load_settings, parse_config
 from katkit.platforms import RunningService
 from katkit.platforms.local import LocalPlatform
 from katkit.sample import SAMPLE_CONFIG_YAML, commit_files, make_sample_repo
+from katkit.states import State
 from starter.api import Katkit
 from starter.dev import ensure_dev_server
 from starter.render import PhasePrinter
@@ -80,10 +81,10 @@ async def run_demo(console: Console) -> None:
 
 
 async def _approve_when_waiting(kk: Katkit, run_id: str, url: str, console: Console, printer: PhasePrinter) -> None:
-    while (await kk.status(run_id)).status not in ("awaiting_approval", "failed", "cancelled"):
+    while (await kk.status(run_id)).status not in (State.AWAITING_APPROVAL, State.FAILED, State.CANCELLED):
         await asyncio.sleep(0.2)
     st = await kk.status(run_id)
-    if st.status != "awaiting_approval":
+    if st.status != State.AWAITING_APPROVAL:
         return
     printer(st)
     console.print(

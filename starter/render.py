@@ -5,10 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from katkit.models import PhaseState, RunStatus
+from katkit.models import PhaseState, PhaseType, RunStatus, ShardState
+from katkit.states import State
 
-STYLE = {"succeeded": "green", "failed": "red", "rejected": "red", "cancelled": "yellow", "running": "cyan",
-         "awaiting_approval": "magenta", "deploying": "cyan", "skipped": "dim", "pending": "dim"}
+STYLE = {State.SUCCEEDED: "green", State.FAILED: "red", State.REJECTED: "red", State.CANCELLED: "yellow",
+         State.RUNNING: "cyan", State.AWAITING_APPROVAL: "magenta", State.WAIT_TIMER: "magenta",
+         State.DEPLOYING: "cyan", State.SKIPPED: "dim", State.PENDING: "dim", State.TERMINATED: "red"}
+"""Every state's colour: a new state in ``katkit.states`` gets one here."""
 
 
 def _duration(p: PhaseState) -> str:
@@ -22,7 +25,7 @@ class PhasePrinter:
 
     def __init__(self, console: Console, indent: str = "  ") -> None:
         self.console, self.indent = console, indent
-        self._seen: dict[str, str] = {}
+        self._seen: dict[str, State] = {}
         self._note = ""
 
     def __call__(self, st: RunStatus) -> None:
@@ -34,21 +37,29 @@ class PhasePrinter:
             if self._seen.get(p.name) == p.state:
                 continue
             self._seen[p.name] = p.state
-            if p.state == "pending":
+            if p.state == State.PENDING:
                 continue
             detail = _duration(p)
-            if p.state == "running" and p.parallelism > 1:
+            if p.state == State.RUNNING and p.parallelism > 1:
                 detail = f"{p.parallelism} shards"
-            if p.state == "awaiting_approval":
+            if p.state == State.AWAITING_APPROVAL:
                 who = ", ".join(st.approval.approvers) or "anyone"
                 detail = f"waiting for a decision from {who}"
-            if p.message and p.state not in ("running", "succeeded"):
+            if p.state == State.WAIT_TIMER and st.approval.deploy_not_before:
+                detail = f"no deploy before {st.approval.deploy_not_before:%H:%M:%S} UTC"
+            if p.message and p.state not in (State.RUNNING, State.SUCCEEDED):
                 detail = f"{detail}  {p.message}".strip()
-            elif p.state == "succeeded" and p.message:
+            elif p.state == State.SUCCEEDED and p.message:
                 detail = f"{detail}  {p.message}"
             style = STYLE.get(p.state, "")
             self.console.print(f"{self.indent}{p.name:<14} [{style}]{p.state:<18}[/{style}] {detail}".rstrip(),
                                highlight=False)
+
+
+def _shard(s: ShardState) -> str:
+    """``#1: failed (exit 3)``, ``#2: cancelled (another shard failed)``."""
+    why = f"exit {s.exit_code}" if s.exit_code is not None else s.message
+    return f"#{s.index}: {s.state}" + (f" ({why})" if why else "")
 
 
 def status_table(st: RunStatus, url: str) -> Table:
@@ -58,9 +69,8 @@ def status_table(st: RunStatus, url: str) -> Table:
     for col in ("phase", "type", "state", "took", "shards / detail"):
         table.add_column(col)
     for p in st.phases:
-        if p.type == "execution":
-            detail = ", ".join(f"#{s.index}: {s.state}" + (f" (exit {s.exit_code})" if s.exit_code is not None else "")
-                               for s in p.shards)
+        if p.type == PhaseType.EXECUTION:
+            detail = ", ".join(_shard(s) for s in p.shards)
         else:
             detail = p.message or (f"{len(st.approval.decisions)} decision(s)" if st.approval.decisions else "")
         table.add_row(p.name, p.type, f"[{STYLE.get(p.state, '')}]{p.state}[/]", _duration(p), detail)

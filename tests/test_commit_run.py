@@ -128,7 +128,7 @@ async def test_a_failed_shard_stops_its_siblings(kk: Katkit, repo: Path, home: P
     with pytest.raises(RunFailed, match="shard 1/2: ci.sh exited 1"):
         await kk.wait(handle.run_id)
     st = await kk.status(handle.run_id)
-    assert [s.state for s in st.phases[0].shards] == ["failed", "cancelled (another shard failed)"]
+    assert [(s.state, s.message) for s in st.phases[0].shards] == [("failed", ""), ("cancelled", "another shard failed")]
     assert not any((home / "builders").iterdir())
 
 
@@ -316,9 +316,9 @@ async def test_shard_results_carry_a_readable_summary(kk: Katkit, sha: str) -> N
 
 
 async def test_cancel_during_checkout_ends_cancelled(kk: Katkit, repo: Path, monkeypatch) -> None:
-    import activities.katkit_activities as acts
+    import activities.shards as acts
 
-    slow = acts.read_plan
+    slow = acts.check_run
 
     def slow_plan(*args, **kwargs):
         import time
@@ -326,7 +326,7 @@ async def test_cancel_during_checkout_ends_cancelled(kk: Katkit, repo: Path, mon
         time.sleep(3)  # a slow git fetch
         return slow(*args, **kwargs)
 
-    monkeypatch.setattr(acts, "read_plan", slow_plan)
+    monkeypatch.setattr(acts, "check_run", slow_plan)
     sha = commit_files(repo, {"n": "1"})
     handle = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
     await kk.cancel(handle.run_id)

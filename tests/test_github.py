@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from activities.katkit_activities import contract_env
+from activities.shards import contract_env
 from katkit.config import Settings, parse_config
 from katkit.errors import BadInput, ConfigError, InfraError, RefNotFound, RunFailed
 from katkit.models import Phase, PhaseType, RunStatus, ShardInput

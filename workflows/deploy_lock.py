@@ -21,7 +21,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.katkit_activities import KatkitActivities
+    from activities.deploy import DeployActivities
     from katkit.models import ClosedRunsInput, LedgerRecord, LockEntry, LockGrant, LockRequest, LockState
     from katkit.names import DEPLOY_LOCK, LEDGER_IMPORT, LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, LOCK_STATE
     from katkit.platforms import DeploymentRecord
@@ -66,7 +66,7 @@ class DeployLock:
     async def _free_closed_runs(self) -> None:
         entries = ([self._state.holder] if self._state.holder else []) + list(self._state.waiters)
         closed = await workflow.execute_activity_method(
-            KatkitActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
+            DeployActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
             start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
         )
         for run_id in closed:

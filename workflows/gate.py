@@ -12,6 +12,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from katkit.config import TenantConfig
     from katkit.models import ApprovalState, Decision, DecisionInput
+    from katkit.states import Outcome
 
 
 class ApprovalGate:
@@ -53,16 +54,16 @@ class ApprovalGate:
         if refused:
             return decision
         if kind == "reject":
-            self.state.outcome = "rejected"
+            self.state.outcome = Outcome.REJECTED
         else:
             self.state.approved_by.append(inp.by)
             if len(self.state.approved_by) >= self.policy.min_approvals:
-                self.state.outcome = "approved"
+                self.state.outcome = Outcome.APPROVED
         return decision
 
     def time_out(self, now: datetime) -> Decision:
         decision = Decision(kind="timeout", by="timeout", at=now,
                             text=f"no decision within {self.policy.timeout}; on_timeout is {self.policy.on_timeout}")
         self.state.decisions.append(decision)
-        self.state.outcome = "timed_out"
+        self.state.outcome = Outcome.TIMED_OUT
         return decision

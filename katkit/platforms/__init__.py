@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Protocol
 
 from pydantic import BaseModel, Field
 
+from katkit.states import DeployKind
+
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
-    from katkit.models import ServiceDescription
 
 
 class RunningService(BaseModel):
@@ -36,19 +37,32 @@ class DeploymentRecord(BaseModel):
     approved_by: list[str] = Field(default_factory=list)
     at: datetime
     repo: str = ""
-    kind: str = Field("deploy", description="deploy or rollback")
+    kind: DeployKind = DeployKind.DEPLOY
     execution: str = Field("", description="the workflow run id of the run that deployed (a retry records once)")
     previous_revision: str | None = Field(None, description="ECS: the task definition the service ran before")
     revision: str | None = Field(None, description="ECS: the task definition it runs now")
 
 
 class Platform(Protocol):
-    def current(self, tenant: TenantConfig, service: str) -> RunningService | None: ...
+    """Where a tenant's services run. Methods are sync (they call sync SDKs) and run on the worker's thread pool.
+
+    Errors: ``BadInput`` for what will never work as given (a missing image or service), ``DeployFailed`` (an
+    InfraError that is not retried by the platform itself) when the new version did not come up and the old one
+    keeps serving, ``InfraError`` when the engine or API can't be reached (the activity retries).
+    """
+
+    def current(self, tenant: TenantConfig, service: str) -> RunningService | None:
+        """What runs now (image, ExtraConfig, Replicas), or None when the service does not run on this platform.
+        The deploy activity keeps ExtraConfig and Replicas from here: a deploy never takes them from the repo."""
 
     def deploy(
-        self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
+        self, tenant: TenantConfig, target: RunningService, record: DeploymentRecord,
         progress: Callable[[], None] = ...,
-    ) -> None:
-        """Make ``target`` the running service; call ``progress`` while waiting. The deployment history is the
-        service's ledger in Temporal (kept by the deploy activity), never a platform's: a platform only fills in
-        what it alone knows on ``record`` (ECS: the task definition revisions)."""
+    ) -> DeploymentRecord:
+        """Make ``target`` the running service and return ``record`` completed with what only the platform knows
+        (Docker: the image that really ran before; ECS: the task definition revisions). The argument is not changed.
+
+        Idempotent: a deploy resumed after a crash (the same target again) finishes the rollout instead of starting
+        a second one. ``progress`` is called now and then while the rollout is waited for, so the activity
+        heartbeats. The deployment history is the service's ledger in Temporal, written by the deploy activity from
+        the returned record, never by a platform."""

@@ -19,7 +19,6 @@ from katkit.platforms import DeploymentRecord, RunningService
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
-    from katkit.models import ServiceDescription
 
 TENANT_LABEL, SERVICE_LABEL = "katkit.tenant", "katkit.service"
 REPLICAS_LABEL, EXTRA_LABEL, RUN_LABEL = "katkit.replicas", "katkit.extra_config", "katkit.deployed_by_run"
@@ -85,8 +84,8 @@ class DockerPlatform(EngineUser):
         return RunningService(name=service, image=image, extra_config=extra, replicas=replicas)
 
     @engine_errors
-    def deploy(self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
-               progress: Callable[[], None] = lambda: None) -> None:
+    def deploy(self, tenant: TenantConfig, target: RunningService, record: DeploymentRecord,
+               progress: Callable[[], None] = lambda: None) -> DeploymentRecord:
         import docker.errors
 
         try:
@@ -98,7 +97,7 @@ class DockerPlatform(EngineUser):
         existing = self._containers(tenant.name, target.name, all=True)
         old = [c for c in existing if c["Name"].lstrip("/") not in names]
         if old:  # what ran before this deploy, as the engine knows it (also when a crashed deploy resumes)
-            record.previous_image = max(old, key=lambda c: c["Created"])["Config"]["Image"]
+            record = record.model_copy(update={"previous_image": max(old, key=lambda c: c["Created"])["Config"]["Image"]})
         new_ids = [self._ensure_replica(tenant, target, name) for name in names]
         try:
             self._wait_healthy(new_ids, image_info, tenant, progress)
@@ -111,6 +110,7 @@ class DockerPlatform(EngineUser):
                 self.api.remove_container(c["Id"], force=True)
             except docker.errors.NotFound:
                 pass
+        return record
 
     def _ensure_replica(self, tenant: TenantConfig, target: RunningService, name: str) -> str:
         import docker.errors
@@ -118,7 +118,8 @@ class DockerPlatform(EngineUser):
         try:
             info = self.api.inspect_container(name)
             if info["State"]["Status"] == "running":
-                return info["Id"]  # started by the attempt that a crash interrupted
+                running: str = info["Id"]  # started by the attempt that a crash interrupted
+                return running
             self.api.remove_container(info["Id"], force=True)
         except docker.errors.NotFound:
             pass
@@ -128,8 +129,9 @@ class DockerPlatform(EngineUser):
             target.image, name=name, labels=labels, environment=parse_extra_config(target.extra_config),
             host_config=self.api.create_host_config(network_mode=tenant.docker.network_of(tenant.name)),
         )
-        self.api.start(created["Id"])
-        return created["Id"]
+        cid: str = created["Id"]
+        self.api.start(cid)
+        return cid
 
     def _wait_healthy(self, ids: list[str], image_info: dict[str, Any], tenant: TenantConfig,
                       progress: Callable[[], None]) -> None:

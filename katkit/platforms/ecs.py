@@ -21,7 +21,6 @@ from katkit.platforms.docker import DeployFailed, format_extra_config, parse_ext
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
-    from katkit.models import ServiceDescription
 
 ECR_IMAGE = re.compile(r"^(?P<account>\d{12})\.dkr\.ecr\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<repo>[^:@]+):(?P<tag>[^@]+)$")
 _TASKDEF_KEYS = ("family", "taskRoleArn", "executionRoleArn", "networkMode", "containerDefinitions", "volumes",
@@ -71,8 +70,8 @@ class EcsPlatform:
             raise
 
     @aws_errors
-    def deploy(self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
-               progress: Callable[[], None] = lambda: None) -> None:
+    def deploy(self, tenant: TenantConfig, target: RunningService, record: DeploymentRecord,
+               progress: Callable[[], None] = lambda: None) -> DeploymentRecord:
         ecs = self._ecs(tenant)
         svc = self._service(tenant, target.name)
         if svc is None:
@@ -86,7 +85,7 @@ class EcsPlatform:
         container["environment"] = [{"name": k, "value": v} for k, v in parse_extra_config(target.extra_config).items()]
         new = ecs.register_task_definition(**{k: taskdef[k] for k in _TASKDEF_KEYS if taskdef.get(k) is not None})
         revision = new["taskDefinition"]["taskDefinitionArn"]
-        record.previous_revision, record.revision = previous, revision
+        record = record.model_copy(update={"previous_revision": previous, "revision": revision})
         ecs.update_service(cluster=tenant.ecs.cluster, service=target.name, taskDefinition=revision,
                            desiredCount=target.replicas)
         try:
@@ -95,19 +94,21 @@ class EcsPlatform:
             ecs.update_service(cluster=tenant.ecs.cluster, service=target.name, taskDefinition=previous,
                                desiredCount=target.replicas)
             raise DeployFailed(f"{failure}; rolled back to {previous.rsplit('/', 1)[-1]}") from None
+        return record
 
     def _wait(self, tenant: TenantConfig, service: str, revision: str, progress: Callable[[], None]) -> None:
         deadline = time.monotonic() + tenant.ecs.deploy_timeout.total_seconds()
         while True:
             progress()
             svc = self._service(tenant, service)
-            primary = next((d for d in (svc or {}).get("deployments", []) if d.get("status") == "PRIMARY"), None)
+            deployments: list[dict[str, Any]] = (svc or {}).get("deployments", [])
+            primary = next((d for d in deployments if d.get("status") == "PRIMARY"), None)
             if primary is not None and primary.get("taskDefinition") == revision:
                 state = primary.get("rolloutState")
                 if state == "FAILED":
                     raise DeployFailed(f"rollout of {revision.rsplit('/', 1)[-1]} failed: "
                                        f"{primary.get('rolloutStateReason') or 'ECS reported FAILED'}")
-                others = [d for d in svc["deployments"] if d is not primary]
+                others = [d for d in deployments if d is not primary]
                 counts_done = primary.get("runningCount") == primary.get("desiredCount") and not others
                 if state == "COMPLETED" or (state is None and counts_done):
                     return

@@ -26,7 +26,8 @@ class ServiceRecords:
 
     def load(self, tenant: str, service: str) -> dict[str, Any]:
         try:
-            return json.loads(self._path(tenant, service).read_text())
+            data: dict[str, Any] = json.loads(self._path(tenant, service).read_text())
+            return data
         except FileNotFoundError:
             return {"current": None}
 

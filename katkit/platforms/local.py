@@ -15,7 +15,6 @@ from katkit.platforms.history import ServiceRecords
 
 if TYPE_CHECKING:
     from katkit.config import TenantConfig
-    from katkit.models import ServiceDescription
 
 
 class LocalPlatform:
@@ -35,7 +34,8 @@ class LocalPlatform:
         with self.records.update(tenant, service.name) as data:
             data["current"] = service.model_dump(mode="json")
 
-    def deploy(self, tenant: TenantConfig, desc: ServiceDescription, target: RunningService, record: DeploymentRecord,
-               progress: Callable[[], None] = lambda: None) -> None:
+    def deploy(self, tenant: TenantConfig, target: RunningService, record: DeploymentRecord,
+               progress: Callable[[], None] = lambda: None) -> DeploymentRecord:
         with self.records.update(tenant.name, target.name) as data:
             data["current"] = target.model_dump(mode="json")
+        return record

@@ -1,0 +1,252 @@
+"""Builders and shards: the checkout that plans a run, a shard's builder from start to removal, its log.
+
+Sync activities (git, docker-py and boto3 are sync SDKs) on the worker's thread pool. ``run_shard`` and
+``remove_builder`` are served by the host's own task queue too: a shard's retries come back to the host that
+owns its builder and re-attach to it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from activities.errors import translate_errors
+from activities.hosts import installation_queue
+from katkit.builders import Builder, BuilderSpec, builder_for, builder_name
+from katkit.config import LinkConfig, TenantConfig
+from katkit.gitrepo import RepoMirror, is_remote, normalize_url
+from katkit.logstore import LogStore
+from katkit.models import CheckoutInput, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
+from katkit.names import log_key
+from katkit.plan import check_run, read_plan
+
+LOG_CHUNK = 1 << 20
+POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
+TIMED_OUT_EXIT = 124
+
+log = structlog.get_logger("katkit.activities")
+
+
+class _Writers:
+    """Log key -> the newest attempt that has claimed it in this process. A timed-out attempt may still run when
+    the server hands its retry to this worker; it stops writing (and leaves the builder alone) once a newer attempt
+    has claimed the log. The newest claims are kept (bounded), never dropped when an attempt ends."""
+
+    KEEP = 20_000
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._newest: OrderedDict[str, int] = OrderedDict()
+
+    def claim(self, key: str, attempt: int) -> None:
+        with self._lock:
+            self._newest[key] = max(attempt, self._newest.get(key, 0))
+            self._newest.move_to_end(key)
+            while len(self._newest) > self.KEEP:
+                self._newest.popitem(last=False)
+
+    def superseded(self, key: str, attempt: int) -> bool:
+        return self._newest.get(key, attempt) > attempt
+
+
+_log_writers = _Writers()
+
+
+def _cancel_reason(details: activity.ActivityCancellationDetails | None) -> str:
+    if details is None:
+        return "unknown"
+    return ", ".join(k for k in ("timed_out", "not_found", "worker_shutdown", "paused", "reset", "cancel_requested")
+                     if getattr(details, k)) or "unknown"
+
+
+def contract_env(inp: ShardInput, github_token: str | None = None) -> dict[str, str]:
+    """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win).
+
+    The worker's GitHub token only when the tenant asks for it (``github.token_to_builder``) and the link is
+    on GitHub: a builder that clones another host never has it.
+    """
+    token = inp.link.github_token(github_token) if inp.tenant.github.token_to_builder else None
+    secret = {"GITHUB_TOKEN": token} if token else {}
+    return {
+        **inp.phase.build_params,
+        "KATKIT_SHA": inp.sha,
+        "KATKIT_PHASE": inp.phase.name,
+        "KATKIT_ENV": inp.tenant.env,
+        "KATKIT_TENANT": inp.tenant.name,
+        "KATKIT_REPO": inp.link.repo,
+        "KATKIT_BRANCH": inp.link.branch,
+        "KATKIT_RUN_ID": inp.run_id,
+        "KATKIT_SHARD_INDEX": str(inp.shard_index),
+        "KATKIT_SHARD_COUNT": str(inp.phase.parallelism),
+        **secret,
+    }
+
+
+class ShardActivities:
+    """``checkout``, ``run_shard`` and ``remove_builder``: what needs the repository mirror, the builders and the
+    log store."""
+
+    def __init__(self, home: Path, log_store: LogStore, *, mirror: RepoMirror | None = None,
+                 builders: Callable[[TenantConfig], Builder] | None = None, github_token: str | None = None,
+                 host_queue: str | None = None) -> None:
+        self.log_store = log_store
+        self.mirror = mirror or RepoMirror(home / "git")
+        self._builders = builders or (lambda t: builder_for(t, home))
+        self._github_token = github_token
+        self.host_queue = host_queue
+
+    def _token(self, link: LinkConfig) -> str | None:
+        return link.github_token(self._github_token)
+
+    @activity.defn(name="checkout")
+    @translate_errors
+    def checkout(self, inp: CheckoutInput) -> RunPlan:
+        """Resolve the sha and read + validate the repository's files at it and the tenant's builder images."""
+        token = self._token(inp.link)
+        if inp.tenant is None:  # an input recorded before checkouts named their tenant: files only
+            plan = read_plan(self.mirror, inp.link, inp.env, inp.sha, token)
+        else:
+            tenant = inp.tenant
+            plan = check_run(self.mirror, inp.link, tenant, inp.sha, token, lambda: self._builders(tenant))
+        plan.host_queue = self.host_queue  # the run's shards go to this host, which has just fetched the sha
+        return plan
+
+    @activity.defn(name="run_shard")
+    @translate_errors
+    def run_shard(self, inp: ShardInput) -> ShardResult:
+        """Start (or re-attach to) the shard's builder, stream its log into the store, wait, remove it."""
+        with structlog.contextvars.bound_contextvars(
+            run_id=inp.run_id, tenant=inp.tenant.name, phase=inp.phase.name, shard=inp.shard_index
+        ):
+            return self._run_shard(inp)
+
+    def _run_shard(self, inp: ShardInput) -> ShardResult:
+        result = self._run_shard_to_end(inp)
+        took = (result.ended_at - result.started_at).total_seconds() if result.started_at and result.ended_at else None
+        ending = result.message if " in " in result.message or took is None else f"{result.message} in {took:.1f} s"
+        result.summary = f"{inp.phase.name} shard {inp.shard_index + 1}/{inp.phase.parallelism}: {ending}"
+        return result
+
+    def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
+        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        builder = self._builders(inp.tenant)
+        spec = BuilderSpec(
+            name=name,
+            labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
+                    "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
+                    "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace,
+                    "katkit.task_queue": installation_queue(activity.info().task_queue),
+                    "katkit.generation": str(inp.generation)},
+            repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
+            env=contract_env(inp, self._github_token), image=inp.phase.image, local_fleet=inp.local_fleet,
+            mirror_path=str(self.mirror.mirror_path(inp.link.url)),
+        )
+        attempt = activity.info().attempt
+        _log_writers.claim(key, attempt)  # this attempt writes the log now; an older one still running stops writing
+        recorded = self.log_store.outcome(key)
+        if recorded:  # an earlier attempt saw the shard end; only its completion was lost (a server outage)
+            log.info("shard already finished", builder=name)
+            builder.remove(name, progress=activity.heartbeat)
+            return ShardResult.model_validate_json(recorded)
+        started_at = datetime.now(timezone.utc)
+        remove = True
+        try:
+            if is_remote(spec.repo_url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror):
+                # the builder clones this host's mirror: it must hold the sha (checkout may have run elsewhere)
+                self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
+            fresh = builder.start(spec)
+            log.info("builder started" if fresh else "builder re-attached", builder=name)
+            # the log continues from what this builder produced, as the last attempt reported it, never from the
+            # store's size (which may hold what another builder or a note wrote)
+            details = activity.info().heartbeat_details
+            offset = int(details[0]) if details and not fresh else 0
+            note = f"[katkit] {inp.log_note}\n".encode() if inp.log_note else b""
+            if fresh and note:  # why this builder is a new one (its host did not come back), then its own log
+                self.log_store.write_at(key, 0, note)
+            deadline = inp.deadline.timestamp()
+            waited = False
+            while True:
+                state = builder.state(name)
+                offset = self._pump(builder, name, key, offset, attempt, base=len(note))
+                if not state.running:
+                    break
+                if time.time() >= deadline:
+                    timeout_s = inp.tenant.phase_timeout.total_seconds()
+                    self._note(key, f"phase timed out: ci.sh is killed after the phase timeout ({timeout_s:.0f} s)")
+                    result = self._finished(key, ShardResult(  # recorded first: a retry finds it, never a half-killed builder
+                        builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
+                        ended_at=datetime.now(timezone.utc), reattached=not fresh,
+                        message=f"timed out after the phase timeout of {timeout_s:.0f} s"))
+                    builder.remove(name, progress=lambda: activity.heartbeat(offset))
+                    return result
+                if waited:  # most no-op phases end within the first wait: no heartbeat RPC for them
+                    activity.heartbeat(offset)
+                builder.wait(name, POLL_S)
+                waited = True
+            code = state.exit_code if state.exit_code is not None else -1
+            message = state.reason or f"exited {code}"
+            if state.exit_code is None:
+                self._note(key, message)
+            log.info("shard finished", exit_code=code)
+            return self._finished(key, ShardResult(builder=name, exit_code=code, log_key=key, started_at=started_at,
+                                                   ended_at=datetime.now(timezone.utc), reattached=not fresh,
+                                                   message=message))
+        except CancelledError:
+            details = activity.cancellation_details()
+            if details is not None and details.cancel_requested and not activity.is_worker_shutdown():
+                with activity.shield_thread_cancel_exception():  # the workflow asked: the builder goes
+                    self._note(key, "cancelled: the builder was stopped")
+                    self.log_store.finish(key)
+            else:  # a heartbeat timeout, a lost server, a worker shutting down: the next attempt re-attaches
+                remove = False
+                log.info("shard attempt ended without a cancel request; builder left for the next attempt",
+                         builder=name, why=_cancel_reason(details))
+            raise
+        except ApplicationError:
+            raise
+        except BaseException:
+            remove = False  # a retry re-attaches; the workflow removes the builder if retries run out
+            raise
+        finally:
+            if _log_writers.superseded(key, attempt):
+                remove = False  # a newer attempt has the builder now
+            if remove:
+                with activity.shield_thread_cancel_exception():
+                    builder.remove(name, progress=activity.heartbeat)
+
+    def _finished(self, key: str, result: ShardResult) -> ShardResult:
+        """Record the shard's result with its complete log before the builder goes: an attempt whose completion
+        never reached the server is followed by one that finds it here instead of running ci.sh again."""
+        self.log_store.finish(key, result.model_dump_json())
+        return result
+
+    def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int, base: int = 0) -> int:
+        """Copy the builder's log from ``offset`` into the store (at ``base + offset``); return the new offset."""
+        while True:
+            if _log_writers.superseded(key, attempt):
+                raise CancelledError("a newer attempt of this shard writes its log now")
+            chunk = builder.read_log(name, offset, LOG_CHUNK)
+            if not chunk:
+                return offset
+            self.log_store.write_at(key, base + offset, chunk)
+            offset += len(chunk)
+            if len(chunk) < LOG_CHUNK:
+                return offset
+
+    def _note(self, key: str, text: str) -> None:
+        line = f"[katkit] {text}\n".encode()
+        self.log_store.write_at(key, self.log_store.size(key), line)
+
+    @activity.defn(name="remove_builder")
+    @translate_errors
+    def remove_builder(self, inp: RemoveBuilderInput) -> None:
+        self._builders(inp.tenant).remove(inp.builder)

@@ -1,0 +1,184 @@
+"""An execution phase's shards: each a ``run_shard`` activity (its builder from start to removal) on the worker
+host that owns the builder; all at once, fail fast; a shard whose host does not come back moves to a live one.
+Owned by a CommitRun, which records the phase's own start and end."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, TimeoutType
+from temporalio.exceptions import TimeoutError as ActivityTimeout
+
+with workflow.unsafe.imports_passed_through():
+    from activities.hosts import HostActivities, ping_host, ping_queue
+    from activities.shards import ShardActivities
+    from katkit.builders import builder_name
+    from katkit.config import TenantConfig
+    from katkit.models import (
+        CommitRunInput,
+        Phase,
+        PhaseState,
+        PickHostInput,
+        RemoveBuilderInput,
+        RunPlan,
+        ShardInput,
+        ShardResult,
+        ShardState,
+    )
+    from katkit.states import State
+    from workflows.options import (
+        CLEANUP_TIMEOUT,
+        INFRA_RETRY,
+        PICK_HOST_TIMEOUT,
+        PING_TIMEOUT,
+        SHARD_HEARTBEAT_TIMEOUT,
+        SHARD_TIMEOUT_MARGIN,
+        failure_text,
+    )
+
+ANOTHER_FAILED = "another shard failed"
+
+
+class ShardRunner:
+    """Runs the shards of each execution phase of one run. ``host`` is the worker host queue the run's builders use
+    (None: the shared queue, as runs recorded before worker hosts and tenants whose builders any host reaches)."""
+
+    def __init__(self, inp: CommitRunInput, run_id: str, *, by_host: bool) -> None:
+        self.tenant: TenantConfig = inp.tenant
+        self.inp = inp
+        self.run_id = run_id
+        self.by_host = by_host
+        self.host: str | None = None
+        self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
+
+    async def run(self, phase: Phase, state: PhaseState, plan: RunPlan) -> str:
+        """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
+        error of the workflow's own, stops every sibling shard first and is raised."""
+        deadline = workflow.now() + self.tenant.phase_timeout
+
+        def start(i: int, note: str = "") -> asyncio.Future[ShardResult]:
+            shard = state.shards[i]
+            shard.host = shard.host or self.host or ""
+            return asyncio.ensure_future(workflow.execute_activity_method(
+                ShardActivities.run_shard,
+                ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant,
+                           link=self.inp.link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
+                           deadline=deadline, generation=shard.generation, log_note=note),
+                start_to_close_timeout=self.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
+                heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}", **self._host_options(shard.host),
+            ))
+
+        tasks = {start(i): i for i in range(phase.parallelism)}
+        for shard in state.shards:
+            shard.state = State.RUNNING
+        failure = ""
+        pending = list(tasks)
+
+        def in_shard_order(futures: set[asyncio.Future[ShardResult]]) -> list[asyncio.Future[ShardResult]]:
+            return sorted(futures, key=tasks.__getitem__)  # sets have no stable order; commands must have one
+
+        try:
+            while pending and not failure:
+                done, rest = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                pending = in_shard_order(rest)
+                for task in in_shard_order(done):
+                    i = tasks[task]
+                    if self._host_waited_for(task, state.shards[i]):  # busy or gone: ask, then wait or move
+                        retry = start(i, await self._rehome(state.shards[i]))
+                        tasks[retry] = i
+                        pending = in_shard_order({*pending, retry})
+                        continue
+                    failure = failure or self._record(phase, state.shards[i], task)
+        except (asyncio.CancelledError, Exception):  # cancelled, or e.g. no host could be picked: stop the siblings
+            await self._cancel(pending, state, "")
+            raise
+        if failure:
+            await self._cancel(pending, state, ANOTHER_FAILED)
+        return failure
+
+    # -- worker hosts: a shard's attempts go to the host that owns its builder --------------------------------
+    def _host_options(self, host: str) -> dict[str, object]:
+        """Activity options that send a builder's activities to its host, waiting for it at most ``host_wait``."""
+        return {"task_queue": host, "schedule_to_start_timeout": self.tenant.host_wait} if host else {}
+
+    @staticmethod
+    def _host_waited_for(task: asyncio.Future[ShardResult], shard: ShardState) -> bool:
+        """The shard's attempt waited ``host_wait`` for its host without starting: that host is busy or gone."""
+        if task.cancelled() or not shard.host:
+            return False
+        exc = task.exception()
+        return isinstance(exc, ActivityError) and isinstance(exc.cause, ActivityTimeout) and \
+            exc.cause.type == TimeoutType.SCHEDULE_TO_START
+
+    async def _rehome(self, shard: ShardState) -> str:
+        """A busy host keeps the shard (it re-attaches there); a gone one loses it to a live host, where it starts
+        afresh. Return the line the shard's new log starts with ('' when it stays)."""
+        gone, waited = shard.host, self.tenant.host_wait
+        try:
+            await workflow.execute_activity(
+                ping_host, task_queue=ping_queue(gone), schedule_to_start_timeout=min(waited, PING_TIMEOUT),
+                start_to_close_timeout=PING_TIMEOUT, retry_policy=RetryPolicy(maximum_attempts=1),
+                summary=f"is {gone} there?")
+            return ""  # it answered: busy, not gone
+        except ActivityError:
+            pass
+        if gone == self.host:  # the run's host is gone: a live one takes the rest of the run
+            self.host = await workflow.execute_activity_method(
+                HostActivities.pick_host, PickHostInput(reason=f"{gone} did not come back within {waited}"),
+                start_to_close_timeout=PICK_HOST_TIMEOUT, retry_policy=INFRA_RETRY, summary="pick a worker host")
+        shard.host, shard.generation = self.host or "", shard.generation + 1
+        note = (f"host {gone} did not come back within {waited}: this shard started afresh on {shard.host} "
+                f"(the builder left on {gone} is removed when that host returns)")
+        workflow.logger.warning(note)
+        return note
+
+    def _record(self, phase: Phase, shard: ShardState, task: asyncio.Future[ShardResult]) -> str:
+        """Record a finished shard; return why it failed, or '' when it succeeded."""
+        label = f"shard {shard.index + 1}/{phase.parallelism}"
+        exc = task.exception()
+        if exc is not None:
+            shard.state = State.FAILED
+            self._cleanup_later.append((builder_name(self.run_id, workflow.info().run_id, phase.name, shard.index,
+                                                     shard.generation), shard.host))
+            return f"{label}: {failure_text(exc)}"
+        result = task.result()
+        shard.exit_code, shard.log_key, shard.reattached = result.exit_code, result.log_key, result.reattached
+        if result.started_at and result.ended_at:
+            shard.duration_s = round((result.ended_at - result.started_at).total_seconds(), 3)
+        if result.exit_code == 0:
+            shard.state = State.SUCCEEDED
+            return ""
+        shard.state = State.FAILED
+        return f"{label}: {result.message or f'exited {result.exit_code}'}"
+
+    async def _cancel(self, pending: list[asyncio.Future[ShardResult]], state: PhaseState, why: str) -> None:
+        """Cancel the shards still running (each removes its builder), then remove the builders whose activity gave
+        up: never leave one behind."""
+        for task in pending:
+            task.cancel()
+        for task in pending:
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - each shard's own end is recorded below
+                pass
+        for shard in state.shards:
+            if shard.state == State.RUNNING:
+                shard.state, shard.message = State.CANCELLED, why
+        if self.by_host:  # each on its own host, all at once; a host that is gone leaves it to its reaper
+            removals = [self._remove(name, host) for name, host in self._cleanup_later]
+            for (name, _), outcome in zip(self._cleanup_later, await asyncio.gather(*removals, return_exceptions=True)):
+                if isinstance(outcome, BaseException):
+                    workflow.logger.warning("builder %s left to its host's reaper: %s", name, outcome)
+        else:
+            for name, _ in self._cleanup_later:
+                await self._remove(name, "")
+        self._cleanup_later.clear()
+
+    async def _remove(self, builder: str, host: str) -> None:
+        await workflow.execute_activity_method(
+            ShardActivities.remove_builder, RemoveBuilderInput(tenant=self.tenant, builder=builder),
+            start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, **self._host_options(host))

@@ -87,7 +87,8 @@ class DeployActivities:
             while True:
                 done, _ = await asyncio.wait({call}, timeout=2.0)
                 if done:
-                    return call.result()
+                    grant: LockGrant = call.result()
+                    return grant
                 activity.heartbeat("waiting for the deploy lock")
         except BaseException:
             call.cancel()

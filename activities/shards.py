@@ -143,7 +143,7 @@ class ShardActivities:
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
                     "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
-                    "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace,
+                    "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace or "",
                     "katkit.task_queue": installation_queue(activity.info().task_queue),
                     "katkit.generation": str(inp.generation)},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
@@ -201,15 +201,15 @@ class ShardActivities:
                                                    ended_at=datetime.now(timezone.utc), reattached=not fresh,
                                                    message=message))
         except CancelledError:
-            details = activity.cancellation_details()
-            if details is not None and details.cancel_requested and not activity.is_worker_shutdown():
+            why = activity.cancellation_details()
+            if why is not None and why.cancel_requested and not activity.is_worker_shutdown():
                 with activity.shield_thread_cancel_exception():  # the workflow asked: the builder goes
                     self._note(key, "cancelled: the builder was stopped")
                     self.log_store.finish(key)
             else:  # a heartbeat timeout, a lost server, a worker shutting down: the next attempt re-attaches
                 remove = False
                 log.info("shard attempt ended without a cancel request; builder left for the next attempt",
-                         builder=name, why=_cancel_reason(details))
+                         builder=name, why=_cancel_reason(why))
             raise
         except ApplicationError:
             raise

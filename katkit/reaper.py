@@ -10,25 +10,16 @@ import asyncio
 from pathlib import Path
 
 import structlog
-from temporalio.client import Client, WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
+from temporalio.service import RPCError
 
 from katkit.backends import builders_on_this_host
 from katkit.builders import Builder
 from katkit.errors import KatkitError
+from katkit.temporal import is_open
 
 log = structlog.get_logger("katkit.reaper")
 REAP_INTERVAL_S = 300.0
-
-
-async def _run_is_open(client: Client, run_id: str, execution: str) -> bool:
-    try:
-        desc = await client.get_workflow_handle(run_id, run_id=execution or None).describe()
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return desc.status == WorkflowExecutionStatus.RUNNING
 
 
 async def _shard_generations(client: Client, run_id: str, execution: str) -> dict[tuple[str, int], int]:
@@ -61,7 +52,7 @@ async def reap_once(client: Client, builders: list[Builder], task_queue: str) ->
             if not run_id or not ours:
                 continue
             execution = labels.get("katkit.execution", "")
-            if await _run_is_open(client, run_id, execution):
+            if await is_open(client, run_id, execution):
                 key = (run_id, execution)
                 if key not in generations:
                     generations[key] = await _shard_generations(client, run_id, execution)

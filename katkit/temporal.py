@@ -85,9 +85,9 @@ async def describe_or_none(client: Client, workflow_id: str, run_id: str | None 
         raise
 
 
-async def is_open(client: Client, workflow_id: str) -> bool:
-    """Whether the workflow exists and still runs."""
-    desc = await describe_or_none(client, workflow_id)
+async def is_open(client: Client, workflow_id: str, run_id: str | None = None) -> bool:
+    """Whether the workflow (that execution of it, with ``run_id``) exists and still runs."""
+    desc = await describe_or_none(client, workflow_id, run_id)
     return desc is not None and desc.status == WorkflowExecutionStatus.RUNNING
 
 

@@ -10,6 +10,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from collections.abc import Awaitable, Callable
+from types import TracebackType
 from typing import Any
 
 from temporalio.client import Client
@@ -68,10 +69,11 @@ class KatkitWorker:
         self._start_background()
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
         if self._started is not None and not self._started.done():
             self._started.cancel()
-        await asyncio.gather(*(w.__aexit__(*exc) for w in self.workers))
+        await asyncio.gather(*(w.__aexit__(exc_type, exc, tb) for w in self.workers))
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> KatkitWorker:
@@ -82,7 +84,7 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
                              host_queue=settings.host_queue)
     deploys = DeployActivities(settings.home, client, executor=executor, lock_watchdog_s=settings.lock_watchdog)
     reports = ReportActivities(ui_url=settings.ui_url, github_token=settings.github_token)
-    host_bound = [shards.run_shard, shards.remove_builder]  # what touches this host's builders: on its queue too
+    host_bound: list[Callable[..., Any]] = [shards.run_shard, shards.remove_builder]  # this host's builders
     host_slots = max(1, executor._max_workers // 2)
     common: dict[str, Any] = dict(
         activity_executor=executor,

@@ -89,7 +89,7 @@ class CommitRun:
         self._gates_patch = workflow.patched(GATES_PATCH)  # the patches in the order runs recorded them
         self._visibility.memo_enabled = self._gates_patch
         self._webhooks = WebhookNotifier(inp.tenant.webhooks, self._status, enabled=self._gates_patch)
-        self._github.enabled = bool(inp.link and inp.link.github) and workflow.patched(GITHUB_PATCH)
+        self._github.enabled = bool(inp.link and inp.link.github) and workflow.patched(GITHUB_PATCH) and bool(inp.sha)
         self._shards.by_host = inp.tenant.builders_need_their_host and workflow.patched(HOSTS_PATCH)
         try:
             self._visibility.set(status=State.RUNNING, phase="checkout" if inp.rollback is None else ROLLBACK_PHASE.name)
@@ -162,13 +162,14 @@ class CommitRun:
     def _deploy_input(self, plan: RunPlan) -> DeployInput:
         """What the deployment phase deploys: the sha's image (servicedescription.js), or the rollback's image."""
         inp, rollback = self._inp, self._inp.rollback
-        common = dict(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=inp.tenant, sha=plan.sha,
-                      repo=inp.repo, started_by=inp.started_by, approved_by=list(self._status.approval.approved_by))
         if rollback is not None:
-            return DeployInput(kind=DeployKind.ROLLBACK, service=rollback.service, image=rollback.image, **common)
-        assert plan.service is not None, "a deployment phase has a service description (checked at checkout)"
-        return DeployInput(kind=DeployKind.DEPLOY, service=plan.service.name, image=plan.service.image_for(plan.sha),
-                           description=plan.service, **common)
+            kind, service, image, desc = DeployKind.ROLLBACK, rollback.service, rollback.image, None
+        else:
+            assert plan.service is not None, "a deployment phase has a service description (checked at checkout)"
+            kind, service, image, desc = DeployKind.DEPLOY, plan.service.name, plan.service.image_for(plan.sha), plan.service
+        return DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=inp.tenant, kind=kind,
+                           service=service, image=image, sha=plan.sha, repo=inp.repo, description=desc,
+                           started_by=inp.started_by, approved_by=list(self._status.approval.approved_by))
 
     async def _deploy(self, state: PhaseState, plan: RunPlan) -> None:
         policy = self._inp.tenant.approval

@@ -5,6 +5,8 @@ Owned by a CommitRun, which records the phase's own start and end."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -57,6 +59,8 @@ class ShardRunner:
         """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
         error of the workflow's own, stops every sibling shard first and is raised."""
         deadline = workflow.now() + self.tenant.phase_timeout
+        link = self.inp.link
+        assert link is not None, "a run with execution phases has a link (a rollback has none)"
 
         def start(i: int, note: str = "") -> asyncio.Future[ShardResult]:
             shard = state.shards[i]
@@ -64,12 +68,13 @@ class ShardRunner:
             return asyncio.ensure_future(workflow.execute_activity_method(
                 ShardActivities.run_shard,
                 ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant,
-                           link=self.inp.link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
+                           link=link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
                            deadline=deadline, generation=shard.generation, log_note=note),
                 start_to_close_timeout=self.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
                 heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}", **self._host_options(shard.host),
+                summary=f"{phase.name} shard {i + 1}/{phase.parallelism}",
+                task_queue=shard.host or None, schedule_to_start_timeout=self._host_wait(shard.host),
             ))
 
         tasks = {start(i): i for i in range(phase.parallelism)}
@@ -78,7 +83,7 @@ class ShardRunner:
         failure = ""
         pending = list(tasks)
 
-        def in_shard_order(futures: set[asyncio.Future[ShardResult]]) -> list[asyncio.Future[ShardResult]]:
+        def in_shard_order(futures: Iterable[asyncio.Future[ShardResult]]) -> list[asyncio.Future[ShardResult]]:
             return sorted(futures, key=tasks.__getitem__)  # sets have no stable order; commands must have one
 
         try:
@@ -101,9 +106,10 @@ class ShardRunner:
         return failure
 
     # -- worker hosts: a shard's attempts go to the host that owns its builder --------------------------------
-    def _host_options(self, host: str) -> dict[str, object]:
-        """Activity options that send a builder's activities to its host, waiting for it at most ``host_wait``."""
-        return {"task_queue": host, "schedule_to_start_timeout": self.tenant.host_wait} if host else {}
+    def _host_wait(self, host: str) -> timedelta | None:
+        """How long a builder's activity waits for its host (``task_queue=host``) to take it; then the host is asked
+        whether it is busy or gone. None on the shared queue: any host takes it."""
+        return self.tenant.host_wait if host else None
 
     @staticmethod
     def _host_waited_for(task: asyncio.Future[ShardResult], shard: ShardState) -> bool:
@@ -181,4 +187,5 @@ class ShardRunner:
     async def _remove(self, builder: str, host: str) -> None:
         await workflow.execute_activity_method(
             ShardActivities.remove_builder, RemoveBuilderInput(tenant=self.tenant, builder=builder),
-            start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, **self._host_options(host))
+            start_to_close_timeout=CLEANUP_TIMEOUT, retry_policy=INFRA_RETRY, task_queue=host or None,
+            schedule_to_start_timeout=self._host_wait(host))

@@ -9,6 +9,7 @@ ledgers and locks (``starter.promote``, ``starter.ledger``).
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -110,8 +111,9 @@ class Katkit(LedgerCalls, PromotionCalls):
         handle = await self._handle(run_id)
         await self._need_worker()
         try:
-            return await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision,
-                                               rpc_timeout=2 * QUERY_DEADLINE)
+            decision: Decision = await handle.execute_update(UPDATE_DECIDE, args=[kind, inp], result_type=Decision,
+                                                             rpc_timeout=2 * QUERY_DEADLINE)
+            return decision
         except WorkflowUpdateFailedError as exc:
             cause = exc.cause
             msg = cause.message if isinstance(cause, ApplicationError) else str(cause)
@@ -150,7 +152,8 @@ class Katkit(LedgerCalls, PromotionCalls):
         knows (search attributes, memo, start time) with ``note`` saying why."""
         if polling:
             try:
-                return await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=QUERY_DEADLINE)
+                answer: RunStatus = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=QUERY_DEADLINE)
+                return answer
             except RPCError as exc:
                 if exc.status == RPCStatusCode.NOT_FOUND:
                     raise
@@ -172,7 +175,7 @@ class Katkit(LedgerCalls, PromotionCalls):
             if found is not None:
                 return found
             # cancelled or terminated: the last state the workflow reported, ended as the server says
-            st = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
+            st: RunStatus = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
         except Exception as exc:  # noqa: BLE001 - no worker to answer: say what history says
             st = RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?", error=str(exc))
         if st.status not in TERMINAL:  # terminated mid-run (no katkit code ran to say so)
@@ -221,7 +224,7 @@ class Katkit(LedgerCalls, PromotionCalls):
         return out
 
     async def log_keys(self, run_id: str, phase: str | None = None,
-                       wait: bool = False) -> tuple[RunStatus, list[tuple[str, str]]]:
+                       wait: bool = False) -> tuple[RunStatus, builtins.list[tuple[str, str]]]:
         """The run's status and ``(label, log key)`` of each shard of each execution phase (or of ``phase``).
 
         With ``wait``, a phase name is not checked before the checkout has listed the phases."""

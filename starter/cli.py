@@ -12,7 +12,7 @@ import functools
 import getpass
 import json
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import click
@@ -21,6 +21,7 @@ from rich.console import Console
 from katkit.config import load_config, load_settings
 from katkit.errors import KatkitError
 from katkit.log import configure_logging
+from katkit.models import PromotionStatus
 from katkit.states import LIVE, State
 from starter.api import Katkit
 from starter.render import PhasePrinter, status_table
@@ -45,11 +46,12 @@ def _async(fn: Callable[..., Coroutine[Any, Any, Any]]) -> Callable[..., Any]:
 async def _katkit(with_config: bool = True) -> Katkit:
     """Connect; with ``with_config`` katkit.yaml must load now, else only when a command needs it (filters)."""
     state = click.get_current_context().find_object(_State)
-    config = load_config(state.config_path) if with_config else None
-    return await Katkit.connect(load_settings(), config, config_path=state.config_path)
+    path = state.config_path if state is not None else None
+    config = load_config(path) if with_config else None
+    return await Katkit.connect(load_settings(), config, config_path=path)
 
 
-def _print_table(table: list[tuple[str, ...]]) -> None:
+def _print_table(table: Sequence[tuple[str, ...]]) -> None:
     """Rows (the header first) in columns as wide as their widest cell."""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     for row in table:
@@ -103,9 +105,7 @@ async def run(tenant: str, repo: str, sha: str | None, branch: str | None, pr: i
 @_async
 async def approve(run_id: str, by: str, comment: str) -> None:
     """Approve the deployment gate of a run."""
-    kk = await _katkit(with_config=False)
-    d = await kk.approve(run_id, by, comment)
-    out.print(f"approved by {d.by} at {d.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}")
+    await _decide("approve", run_id, by, comment)
 
 
 @cli.command()
@@ -115,9 +115,13 @@ async def approve(run_id: str, by: str, comment: str) -> None:
 @_async
 async def reject(run_id: str, by: str, reason: str) -> None:
     """Reject the deployment gate of a run: it ends without deploying."""
+    await _decide("reject", run_id, by, reason)
+
+
+async def _decide(kind: str, run_id: str, by: str, text: str) -> None:
     kk = await _katkit(with_config=False)
-    d = await kk.reject(run_id, by, reason)
-    out.print(f"rejected by {d.by} at {d.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}")
+    d = await (kk.approve if kind == "approve" else kk.reject)(run_id, by, text)
+    out.print(f"{'approved' if kind == 'approve' else 'rejected'} by {d.by} at {d.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}")
 
 
 @cli.command()
@@ -216,7 +220,7 @@ async def promote(repo: str, sha: str, through: str, by: str, wait: bool) -> Non
     if wait:
         seen: dict[str, str] = {}
 
-        def show(st) -> None:
+        def show(st: PromotionStatus) -> None:
             if st.note != seen.get(""):
                 seen[""] = st.note
                 if st.note:

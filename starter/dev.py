@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
 from urllib.parse import urlparse
 
 from rich.console import Console
@@ -20,7 +21,7 @@ def _ports(settings: Settings) -> tuple[int, int]:
     return port, ui_port
 
 
-def ensure_dev_server(settings: Settings, console: Console, detach: bool = True):
+def ensure_dev_server(settings: Settings, console: Console, detach: bool = True) -> subprocess.Popen[bytes] | None:
     """Start the dev server unless one answers already; return its process (None if it was running)."""
     port, ui_port = _ports(settings)
     if port_open("127.0.0.1", port):

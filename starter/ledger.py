@@ -31,8 +31,9 @@ class LedgerCalls(KatkitBase):
     async def _lock_state(self, lock_id: str) -> LockState:
         """A DeployLock's state (lock and ledger), asked of a worker (see ``_need_worker``) within the deadline."""
         try:
-            return await self.client.get_workflow_handle(lock_id).query(LOCK_STATE, result_type=LockState,
-                                                                         rpc_timeout=QUERY_DEADLINE)
+            state: LockState = await self.client.get_workflow_handle(lock_id).query(
+                LOCK_STATE, result_type=LockState, rpc_timeout=QUERY_DEADLINE)
+            return state
         except RPCError:
             raise InfraError(self.no_answer_note) from None
 

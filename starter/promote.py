@@ -49,11 +49,14 @@ class PromotionCalls(KatkitBase):
                 return PromotionStatus(promotion_id=promotion_id, repo=sa.get(SA_REPO) or "?", sha=sa.get(SA_SHA) or "?",
                                        started_by="?", status=State(sa.get(SA_STATUS) or State.RUNNING),
                                        current=sa.get(SA_PHASE) or "", note=self.no_worker_note)
-            return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=10))
+            running: PromotionStatus = await handle.query(QUERY_STATUS, result_type=PromotionStatus,
+                                                          rpc_timeout=timedelta(seconds=10))
+            return running
         found = await closed_result(handle, PromotionStatus)
         if found is not None:
             return found
-        return await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
+        last: PromotionStatus = await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
+        return last  # cancelled or terminated: the last state it reported
 
     async def wait_promotion(self, promotion_id: str, on_change: Callable[[PromotionStatus], object] | None = None,
                              interval: float = 0.5) -> PromotionStatus:

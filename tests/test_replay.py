@@ -16,6 +16,8 @@ from temporalio.worker import Replayer
 
 from katkit.config import parse_config
 from katkit.errors import RunFailed, UnknownName
+from katkit.platforms import RunningService
+from katkit.platforms.local import LocalPlatform
 from katkit.sample import commit_files
 from katkit.temporal import DATA_CONVERTER
 from starter.api import Katkit
@@ -45,7 +47,8 @@ async def test_recorded_histories_replay() -> None:
     assert any(f.name.startswith("gates1_") for f in files) and any(f.name.startswith("github1_") for f in files)
     assert any(f.name.startswith("ledger1_") for f in files)  # a DeployLock keeping a service's ledger
     assert {f.name for f in files} >= {"hosts1_dev_succeeded.json", "hosts1_host_gone.json"}  # shards on their host
-    assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_", "hosts1_")) for f in files)
+    assert {f.name for f in files} >= {"arch1_deployed.json", "arch1_rollback.json", "arch1_rollback_unlinked.json"}
+    assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_", "hosts1_", "arch1_")) for f in files)
     histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
     await assert_replays(histories)
 
@@ -151,3 +154,31 @@ async def _open_and(kk: Katkit, run_id: str, status: str) -> bool:
 async def _phase_running(kk: Katkit, run_id: str) -> bool:
     st = await kk.status(run_id)
     return bool(st.phases) and st.phases[0].state == "running"
+
+
+@pytest.mark.usefixtures("worker")
+async def test_rollback_histories_replay(kk: Katkit, repo: Path, sha: str, home: Path) -> None:
+    """Deploys with the explicit DeployInput (kind, image) and rollbacks without a checkout: to an image katkit never
+    deployed (no commit known) of a repository no longer linked, and to an image whose commit the ledger knows."""
+    LocalPlatform(home / "services").put("d-taskrunner", RunningService(name="taskrunner", image="taskrunner:by-hand"))
+    first = await kk.start_run("d-taskrunner", "taskrunner", sha=sha, by="bob")
+    await kk.wait(first.run_id)
+    unlinked = Katkit(kk.client, kk.settings, kk.config.model_copy(update={"links": []}))
+    by_hand = await unlinked.start_rollback("d-taskrunner", "taskrunner", by="erin")
+    st = await unlinked.wait(by_hand.run_id)
+    assert (st.deployed.image, st.sha, st.repo) == ("taskrunner:by-hand", "", "taskrunner")
+    sha2 = commit_files(repo, {"CHANGES.md": "v2\n"})
+    await kk.wait((await kk.start_run("d-taskrunner", "taskrunner", sha=sha2, by="bob")).run_id)
+    back = await kk.start_rollback("d-taskrunner", "taskrunner", to_sha=sha[:8], by="erin")
+    st = await kk.wait(back.run_id)
+    assert (st.deployed.image, st.sha, st.repo) == (f"taskrunner:{sha}", sha, "taskrunner")
+    records = await kk.deployments("d-taskrunner", "taskrunner")
+    assert [(r.kind, r.image, r.sha) for r in records] == [
+        ("deploy", f"taskrunner:{sha}", sha), ("rollback", "taskrunner:by-hand", ""),
+        ("deploy", f"taskrunner:{sha2}", sha2), ("rollback", f"taskrunner:{sha}", sha)]
+    runs = {"deployed": first.run_id, "rollback_unlinked": by_hand.run_id, "rollback": back.run_id}
+    histories = [await kk.client.get_workflow_handle(run_id).fetch_history() for run_id in runs.values()]
+    await assert_replays(histories)
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        for name, history in zip(runs, histories):
+            (HISTORIES / f"arch1_{name}.json").write_text(history.to_json())

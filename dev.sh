@@ -2,6 +2,7 @@
 # The newcomer's entry point. It makes .venv, installs katkit with its test tools, then:
 #   ./dev.sh demo     the main job end to end (Temporal dev server + worker + a sample repo through DEV and PROD)
 #   ./dev.sh test     the whole test suite (what CI runs)
+#   ./dev.sh typecheck  mypy --strict on katkit/, workflows/, activities/, starter/ and worker.py (CI runs it too)
 #   ./dev.sh bench    the benchmarks (the Docker one when an engine answers)
 #   ./dev.sh chaos    the chaos tests with their long variants (a 5 min server outage, a 60 s frozen worker)
 #   ./dev.sh ARGS     any katkit command, e.g. ./dev.sh status RUN
@@ -26,6 +27,7 @@ cmd=${1:-demo}
 case "$cmd" in
   demo) exec .venv/bin/katkit demo "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;
+  typecheck) exec .venv/bin/python -m mypy katkit workflows activities starter worker.py "$@" ;;
   bench)
     .venv/bin/python bench/bench_local.py "$@"
     .venv/bin/python bench/bench_gate.py

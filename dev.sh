@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The newcomer's entry point. It makes .venv, installs katkit with its test tools, then:
-#   ./dev.sh demo     the main job end to end (Temporal dev server + worker + a sample repo through DEV and PROD)
+#   ./dev.sh demo     the main job end to end (Temporal dev server + worker, left running, + a sample repo through DEV and PROD)
 #   ./dev.sh test     the whole test suite (what CI runs)
 #   ./dev.sh typecheck  mypy --strict on katkit/, workflows/, activities/, starter/ and worker.py (CI runs it too)
 #   ./dev.sh bench    the benchmarks (the Docker one when an engine answers)
 #   ./dev.sh chaos    the chaos tests with their long variants (a 5 min server outage, a 60 s frozen worker)
 #   ./dev.sh ARGS     any katkit command, e.g. ./dev.sh status RUN
 set -euo pipefail
+# how the user called this script, for the commands katkit prints (it runs from this script's folder)
+case $0 in */*) KATKIT_PROG=$0 ;; *) KATKIT_PROG=./$0 ;; esac
+export KATKIT_PROG
 cd "$(dirname "$0")"
 py=${PYTHON:-python3}
 if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then

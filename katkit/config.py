@@ -297,19 +297,24 @@ def _read_config(path: Path) -> KatkitConfig:
     return parse_config(text, str(path))
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> KatkitConfig:
-    """Read katkit.yaml from ``path``, else ``$KATKIT_CONFIG``, else ``./katkit.yaml``, else the katkit home's."""
+def config_path(path: str | os.PathLike[str] | None = None) -> Path:
+    """Where katkit.yaml is: ``path``, else ``$KATKIT_CONFIG``, else ``./katkit.yaml``, else the katkit home's."""
     explicit = path or os.environ.get("KATKIT_CONFIG")
     if explicit:
         if not Path(explicit).is_file():
             raise ConfigError(f"katkit.yaml not found: {explicit}; check the path (--config or KATKIT_CONFIG)")
-        return _read_config(Path(explicit))
-    candidates: list[str | Path] = ["katkit.yaml", Settings().home / "katkit.yaml"]
+        return Path(explicit)
+    candidates = [Path("katkit.yaml"), Settings().home / "katkit.yaml"]
     for c in candidates:
-        if Path(c).is_file():
-            return _read_config(Path(c))
+        if c.is_file():
+            return c
     tried = ", ".join(str(c) for c in candidates)
     raise NoConfigFound(f"no katkit.yaml found (tried {tried}); pass --config PATH or run 'katkit demo' to make one")
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> KatkitConfig:
+    """Read katkit.yaml from where :func:`config_path` finds it."""
+    return _read_config(config_path(path))
 
 
 class Settings(BaseSettings):

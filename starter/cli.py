@@ -342,15 +342,16 @@ def worker() -> None:
 
 
 @cli.command()
-@click.option("--stop", is_flag=True, help="Stop the dev server that 'katkit demo' left running.")
-def dev(stop: bool) -> None:
+@click.option("--stop", is_flag=True, help="Stop the dev server and the worker this katkit home left running.")
+@click.option("--join", is_flag=True, help="Add a worker to a Temporal server another katkit home started.")
+def dev(stop: bool, join: bool) -> None:
     """Run the Temporal dev server (web UI on :8233, state on disk) and a worker, until Ctrl-C."""
     from starter.dev import run_dev, stop_dev
 
     if stop:
-        out.print("stopped the dev server" if stop_dev() else "no dev server started by katkit is running")
+        out.print(stop_dev())
         return
-    run_dev(out)
+    run_dev(out, join=join)
 
 
 @cli.command()

@@ -1,5 +1,5 @@
-"""The starter API: connect, start a run, approve, reject, cancel, status, logs, list; promotions, rollbacks,
-ledgers and locks (``starter.promote``, ``starter.ledger``).
+"""The starter API: connect, start a run, approve, reject, cancel, wait, list; a run's status (``starter.status``), its
+logs (``starter.logs``); promotions (``starter.promote``), rollbacks, ledgers and locks (``starter.ledger``).
 
     async with await Katkit.connect() as kk:          # settings from KATKIT_* env, katkit.yaml found as usual
         handle = await kk.start_run("d-taskrunner", "taskrunner", branch="main", by="alice")
@@ -9,42 +9,29 @@ ledgers and locks (``starter.promote``, ``starter.ledger``).
 from __future__ import annotations
 
 import asyncio
-import builtins
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from temporalio.client import (
-    WorkflowExecutionDescription,
-    WorkflowExecutionStatus as ExecStatus,
-    WorkflowHandle,
-    WorkflowUpdateFailedError,
-    WorkflowUpdateRPCTimeoutOrCancelledError,
-)
+from temporalio.client import WorkflowUpdateFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.config import KatkitConfig, Settings, load_settings
 from katkit.errors import BadInput, InfraError, RunFailed, UnknownName, did_you_mean
-from katkit.models import Decision, DecisionInput, PhaseType, PullInfo, RunStatus
-from katkit.names import COMMIT_RUN, QUERY_STATUS, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT, UPDATE_DECIDE, log_key
-from katkit.states import ENDED, RUN_STATES, TERMINAL, State
+from katkit.models import Decision, DecisionInput, PullInfo, RunStatus
+from katkit.names import COMMIT_RUN, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT, UPDATE_DECIDE
+from katkit.states import RUN_STATES, TERMINAL, State
 from katkit.temporal import connect
-from starter.base import QUERY_DEADLINE, RunHandle, closed_result, watch
+from starter.base import QUERY_DEADLINE, RunHandle, watch
 from starter.ledger import LedgerCalls
+from starter.logs import LogCalls
 from starter.promote import PromotionCalls
+from starter.status import OPEN, ended_as
 
 __all__ = ["Katkit", "RunHandle", "RunSummary"]
 
-_OPEN = ExecStatus.RUNNING
 WORKER_CHECK_S = 5.0  # how often ``wait`` asks again whether a worker polls
-
-
-def _ended(status: ExecStatus | None) -> State:
-    """How a closed workflow ended, as the server says."""
-    return {ExecStatus.COMPLETED: State.SUCCEEDED, ExecStatus.CANCELED: State.CANCELLED,
-            ExecStatus.TERMINATED: State.TERMINATED}.get(status, State.FAILED) if status else State.FAILED
 
 
 @dataclass
@@ -53,12 +40,14 @@ class RunSummary:
     tenant: str
     repo: str
     sha: str
+    """The full 40-character sha."""
     status: str
     phase: str
-    started: str
+    started: datetime | None
+    """When the run started (UTC, with its zone)."""
 
 
-class Katkit(LedgerCalls, PromotionCalls):
+class Katkit(LogCalls, LedgerCalls, PromotionCalls):
     @classmethod
     async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None,
                       config_path: str | None = None) -> Katkit:
@@ -128,60 +117,13 @@ class Katkit(LedgerCalls, PromotionCalls):
     async def cancel(self, run_id: str) -> None:
         handle = self.client.get_workflow_handle(run_id)
         desc = await self._describe(handle)
-        if desc.status != _OPEN:
+        if desc.status != OPEN:
             status = desc.typed_search_attributes.get(SA_STATUS)  # how the run ended; a terminated one never said
-            ended = status if status in TERMINAL else _ended(desc.status)
+            ended = status if status in TERMINAL else ended_as(desc.status)
             raise BadInput(f"run {run_id} already ended ({ended}); nothing to cancel")
         await handle.cancel()
 
     # -- watching ----------------------------------------------------------------------------------------
-    async def status(self, run_id: str) -> RunStatus:
-        """The run's status: queried while it runs, read from its result or failure once it has closed.
-
-        With no worker polling, an open run's status comes from its search attributes and memo (a query would
-        wait for a worker), with ``note`` saying so."""
-        handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
-        desc = await self._describe(handle)
-        if desc.status != _OPEN:
-            return await self._closed_status(handle, desc.status)
-        return await self._open_status(handle, desc, await self.worker_polling())
-
-    async def _open_status(self, handle: WorkflowHandle[Any, RunStatus], desc: WorkflowExecutionDescription,
-                           polling: bool) -> RunStatus:
-        """An open run's status: its query when a worker polls and answers in time, else what the server alone
-        knows (search attributes, memo, start time) with ``note`` saying why."""
-        if polling:
-            try:
-                answer: RunStatus = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=QUERY_DEADLINE)
-                return answer
-            except RPCError as exc:
-                if exc.status == RPCStatusCode.NOT_FOUND:
-                    raise
-                note = self.no_answer_note
-        else:
-            note = self.no_worker_note
-        sa = desc.typed_search_attributes
-        memo = await desc.memo()
-        parts = str(memo.get("summary") or "").split(" | ")  # "<status>: <phase> | <run> [| deployed X] [| error]"
-        error = parts[-1] if len(parts) >= 3 and not parts[-1].startswith("deployed ") else ""
-        return RunStatus(run_id=desc.id, tenant=sa.get(SA_TENANT) or "?", env="?", repo=sa.get(SA_REPO) or "?",
-                         sha=sa.get(SA_SHA) or "?", ref=str(memo.get("ref") or ""),
-                         started_by=str(memo.get("started_by") or "?"), status=State(sa.get(SA_STATUS) or State.RUNNING),
-                         phase=sa.get(SA_PHASE) or "", started_at=desc.start_time, error=error, note=note)
-
-    async def _closed_status(self, handle: WorkflowHandle[Any, RunStatus], status: ExecStatus | None) -> RunStatus:
-        try:
-            found = await closed_result(handle, RunStatus)
-            if found is not None:
-                return found
-            # cancelled or terminated: the last state the workflow reported, ended as the server says
-            st: RunStatus = await handle.query(QUERY_STATUS, result_type=RunStatus, rpc_timeout=timedelta(seconds=5))
-        except Exception as exc:  # noqa: BLE001 - no worker to answer: say what history says
-            st = RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?", error=str(exc))
-        if st.status not in TERMINAL:  # terminated mid-run (no katkit code ran to say so)
-            st.status = _ended(status)
-        return st
-
     async def wait(self, run_id: str, on_change: Callable[[RunStatus], object] | None = None,
                    interval: float = 0.3) -> RunStatus:
         """Wait for the run to end; call ``on_change(status)`` whenever it moves. Raise RunFailed unless it succeeded."""
@@ -192,7 +134,7 @@ class Katkit(LedgerCalls, PromotionCalls):
         async def step() -> tuple[RunStatus, bool]:
             nonlocal polling, checked
             desc = await handle.describe()
-            if desc.status != _OPEN:
+            if desc.status != OPEN:
                 return await self._closed_status(handle, desc.status), True
             if loop.time() - checked >= WORKER_CHECK_S:  # not at every look: one RPC more
                 polling, checked = await self.worker_polling(), loop.time()
@@ -217,45 +159,7 @@ class Katkit(LedgerCalls, PromotionCalls):
         async for wf in self.client.list_workflows(" AND ".join(parts), limit=limit):
             sa = wf.typed_search_attributes
             out.append(RunSummary(
-                run_id=wf.id, tenant=sa.get(SA_TENANT) or "", repo=sa.get(SA_REPO) or "", sha=(sa.get(SA_SHA) or "")[:12],
-                status=sa.get(SA_STATUS) or "", phase=sa.get(SA_PHASE) or "",
-                started=wf.start_time.strftime("%Y-%m-%d %H:%M:%S") if wf.start_time else "",
+                run_id=wf.id, tenant=sa.get(SA_TENANT) or "", repo=sa.get(SA_REPO) or "", sha=sa.get(SA_SHA) or "",
+                status=sa.get(SA_STATUS) or "", phase=sa.get(SA_PHASE) or "", started=wf.start_time,
             ))
         return out
-
-    async def log_keys(self, run_id: str, phase: str | None = None,
-                       wait: bool = False) -> tuple[RunStatus, builtins.list[tuple[str, str]]]:
-        """The run's status and ``(label, log key)`` of each shard of each execution phase (or of ``phase``).
-
-        With ``wait``, a phase name is not checked before the checkout has listed the phases."""
-        handle = await self._handle(run_id)
-        execution = (await handle.describe()).run_id or ""
-        st = await self.status(run_id)
-        names = [p.name for p in st.phases]
-        if phase is not None and phase not in names and (st.phases or st.status in ENDED or not wait):
-            raise UnknownName(f"run {run_id} has no phase {phase!r} (phases: {', '.join(names) or 'none yet'})")
-        keys = []
-        for p in st.phases:
-            if p.type != PhaseType.EXECUTION or (phase and p.name != phase) or p.state in (State.PENDING, State.SKIPPED):
-                continue
-            for s in p.shards:
-                label = p.name if p.parallelism == 1 else f"{p.name}#{s.index}"
-                keys.append((label, s.log_key or log_key(run_id, execution, p.name, s.index, s.generation)))
-        return st, keys
-
-    async def follow_logs(self, run_id: str, phase: str | None = None, follow: bool = False,
-                          interval: float = 0.3) -> AsyncIterator[tuple[str, bytes]]:
-        """Yield ``(label, bytes)`` from the log store; with ``follow``, until the run (or ``phase``) has ended."""
-        offsets: dict[str, int] = {}
-        while True:
-            st, keys = await self.log_keys(run_id, phase, wait=follow)
-            settled = st.status in ENDED or (
-                phase is not None and any(p.name == phase and p.ended_at is not None for p in st.phases))
-            for label, key in keys:
-                data = self.log_store.read(key, offsets.get(key, 0))
-                if data:
-                    offsets[key] = offsets.get(key, 0) + len(data)
-                    yield label, data
-            if not follow or settled:
-                return
-            await asyncio.sleep(interval)

@@ -1,4 +1,6 @@
-"""The starter's calls on promotions: the same sha through several tenants in order."""
+"""The starter's calls on promotions: the same sha through several tenants in order. A promotion's running step shows
+its run's own state (``awaiting_approval``, ``deploying``), and a decision given to a promotion goes to the step
+whose run awaits one."""
 
 from __future__ import annotations
 
@@ -8,16 +10,18 @@ from datetime import timedelta
 
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.service import RPCError
 
-from katkit.errors import BadInput, RunFailed
-from katkit.models import PromotionInput, PromotionStatus
+from katkit.errors import BadInput, InfraError, RunFailed, UnknownName
+from katkit.models import PromotionInput, PromotionStatus, PromotionStep
 from katkit.names import PROMOTION, QUERY_STATUS, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS
-from katkit.states import State
-from katkit.temporal import is_open, run_search_attributes
-from starter.base import KatkitBase, RunHandle, closed_result, watch
+from katkit.states import LIVE, State
+from katkit.temporal import describe_or_none, is_open, run_search_attributes
+from starter.base import RunHandle, closed_result, watch
+from starter.status import StatusCalls
 
 
-class PromotionCalls(KatkitBase):
+class PromotionCalls(StatusCalls):
     async def start_promotion(self, repo: str, sha: str, through: list[str], by: str | None = None) -> RunHandle:
         """The same sha through ``through`` in order; every tenant and its repo files are checked first."""
         if not through:
@@ -51,12 +55,39 @@ class PromotionCalls(KatkitBase):
                                        current=sa.get(SA_PHASE) or "", note=self.no_worker_note)
             running: PromotionStatus = await handle.query(QUERY_STATUS, result_type=PromotionStatus,
                                                           rpc_timeout=timedelta(seconds=10))
+            await self._show_run_state(running)
             return running
         found = await closed_result(handle, PromotionStatus)
         if found is not None:
             return found
         last: PromotionStatus = await handle.query(QUERY_STATUS, result_type=PromotionStatus, rpc_timeout=timedelta(seconds=5))
         return last  # cancelled or terminated: the last state it reported
+
+    async def _show_run_state(self, st: PromotionStatus) -> None:
+        """The running step says what its run does now (e.g. ``awaiting_approval``), not only that it runs."""
+        for step in st.steps:
+            if step.status == State.RUNNING:
+                try:
+                    run = await self.status(step.run_id)
+                except (UnknownName, RPCError):  # its run has not started yet, or has just closed: the step says enough
+                    continue
+                if run.status in LIVE:
+                    step.status = run.status
+
+    async def is_promotion(self, workflow_id: str) -> bool:
+        desc = await describe_or_none(self.client, workflow_id)
+        return desc is not None and desc.workflow_type == PROMOTION
+
+    async def awaiting_step(self, promotion_id: str) -> PromotionStep:
+        """The step of the promotion whose run awaits a decision now; BadInput when none does."""
+        st = await self.promotion_status(promotion_id)
+        if st.note:  # no worker to ask
+            raise InfraError(st.note)
+        step = next((s for s in st.steps if s.status == State.AWAITING_APPROVAL), None)
+        if step is None:
+            where = next((f"{s.tenant} is {s.status}" for s in st.steps if s.status in LIVE), f"it is {st.status}")
+            raise BadInput(f"promotion {promotion_id} has no run awaiting a decision ({where})")
+        return step
 
     async def wait_promotion(self, promotion_id: str, on_change: Callable[[PromotionStatus], object] | None = None,
                              interval: float = 0.5) -> PromotionStatus:

@@ -239,7 +239,7 @@ async def test_builder_tasks_run_with_the_contract_env_and_stream_their_logs(ek:
     assert envs[0]["KATKIT_SHA"] == sha and envs[0]["MODE"] == "fast" and envs[0]["KATKIT_TENANT"] == tenant
     assert not any(k.startswith("AWS_") for e in envs for k in e)  # the worker's credentials stay in the worker
     logs = {label: data.decode() async for label, data in ek.follow_logs(st.run_id)}
-    assert logs["TEST#1"] == "TEST shard 1 line 0\nTEST shard 1 line 1\nTEST shard 1 line 2\n"
+    assert logs["TEST#2"] == "TEST shard 1 line 0\nTEST shard 1 line 1\nTEST shard 1 line 2\n"
     tasks = [t for ts in ecs_backend().tasks.values() for t in ts.values() if t.task_arn in agent.seen]
     assert all(t.launch_type == "FARGATE" and t.cluster_name == "katkit-builders" for t in tasks)
     tags = {tag["key"]: tag["value"] for tag in tasks[0].tags}

@@ -116,7 +116,7 @@ def test_cli_as_a_process_runs_and_waits(settings: Settings, config_file: Path, 
         assert status.returncode == 0 and json.loads(status.stdout)["deployed"]["image"] == f"taskrunner:{sha}"
         logs = subprocess.run([*katkit, "logs", run_id, "--phase", "UNIT_TEST"], env=env, capture_output=True,
                               text=True, timeout=60)
-        assert "UNIT_TEST#0| " in logs.stdout and "UNIT_TEST#1| " in logs.stdout
+        assert "UNIT_TEST#1| " in logs.stdout and "UNIT_TEST#2| " in logs.stdout and "UNIT_TEST#0" not in logs.stdout
     finally:
         worker.terminate()
         worker.wait(timeout=30)

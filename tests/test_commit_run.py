@@ -49,7 +49,7 @@ async def test_dev_run_builds_tests_and_deploys(kk: Katkit, sha: str, home: Path
     # builders are gone, logs are not
     assert not any((home / "builders").iterdir())
     logs = {label: data.decode() async for label, data in kk.follow_logs(handle.run_id)}
-    assert "ok 1 add_task" in logs["UNIT_TEST#1"] and "ok 0 add_task" in logs["UNIT_TEST#0"]
+    assert "ok 1 add_task" in logs["UNIT_TEST#2"] and "ok 0 add_task" in logs["UNIT_TEST#1"]
     assert "building taskrunner:" in logs["BUILD"]
     history = await kk.deployments("d-taskrunner", "taskrunner")
     assert [h.image for h in history] == [f"taskrunner:{sha}"] and history[0].started_by == "bob"

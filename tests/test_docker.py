@@ -145,7 +145,7 @@ async def test_build_test_and_roll_a_service_keeping_env_and_replicas(dk: Katkit
     assert not any(c["Id"] in old_ids for c in running)
     assert builders(docker_api, tenant) == []
     logs = {label: data.decode() async for label, data in dk.follow_logs(handle.run_id)}
-    assert "test shard 0 of 2" in logs["TEST#0"] and "test shard 1 of 2" in logs["TEST#1"]
+    assert "test shard 0 of 2" in logs["TEST#1"] and "test shard 1 of 2" in logs["TEST#2"]
     history = await dk.deployments(tenant, "sample")
     assert [(h.previous_image, h.image, h.started_by) for h in history] == [(f"{image_repo}:old", f"{image_repo}:{sha}", "bob")]
 

@@ -1,0 +1,90 @@
+"""``katkit`` commands on tenant services and repositories: rollback, locks, history, prs."""
+
+from __future__ import annotations
+
+import getpass
+
+import click
+
+from starter import complete
+from starter.cli_common import connect, out, print_table, run_async, started
+from starter.render import json_text
+
+
+@click.command()
+@click.option("--tenant", required=True, help="Tenant whose service to roll back.", shell_complete=complete.tenants)
+@click.option("--service", required=True, help="Service name (servicedescription's Name).")
+@click.option("--to", "to_sha", help="Roll back to the image deployed from this sha (default: the previous image).")
+@click.option("--by", default=getpass.getuser, show_default="your OS user", help="Who starts the rollback.")
+@click.option("--wait", is_flag=True, help="Follow the rollback until it ends; exit 1 if it fails.")
+@run_async
+async def rollback(tenant: str, service: str, to_sha: str | None, by: str, wait: bool) -> None:
+    """Redeploy the previous (or named) image, keeping env vars and replicas, through the same lock and gate."""
+    kk = await connect()
+    handle = await kk.start_rollback(tenant, service, to_sha, by)
+    st = await started(kk, handle, "", wait)
+    if st is not None:
+        out.print(f"[green]rolled back[/]: {st.deployed.image if st.deployed else ''}")
+
+
+@click.command()
+@click.option("--tenant", help="Only this tenant.", shell_complete=complete.tenants)
+@run_async
+async def locks(tenant: str | None) -> None:
+    """Show who holds each tenant service's deploy lock and who waits, in order."""
+    kk = await connect(with_config=False)
+    found = await kk.locks(tenant)
+    if not found:
+        click.echo("no deploy locks held or awaited")
+    for st in found:
+        state = f"held by {st.holder.run_id} (since {st.holder.since:%H:%M:%S})" if st.holder else "free"
+        click.echo(f"{st.tenant}/{st.service} [{st.policy}]: {state}")
+        for n, w in enumerate(st.waiters, 1):
+            click.echo(f"  {n}. {w.run_id} (waiting since {w.since:%H:%M:%S})")
+
+
+@click.command()
+@click.option("--tenant", required=True, help="Tenant whose deployments to show.", shell_complete=complete.tenants)
+@click.option("--service", help="Only this service (default: every service of the tenant).")
+@click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@run_async
+async def history(tenant: str, service: str | None, as_json: bool) -> None:
+    """What runs now in a tenant and what ran before: every deployment and rollback, who started and approved it."""
+    kk = await connect()
+    found = await kk.history(tenant, service)
+    if as_json:
+        rows = [{"tenant": tenant, "service": name, "running_now": i == len(records) - 1, **r.model_dump()}
+                for name, records in found.items() for i, r in enumerate(records)]
+        click.echo(json_text(rows))
+        return
+    if not any(found.values()):
+        click.echo(f"no deployments of {service or 'any service'} in {tenant}")
+        return
+    header = ("SERVICE", "WHEN (UTC)", "KIND", "IMAGE", "RUN", "STARTED BY", "APPROVED BY", "")
+    table = [header]
+    for name, records in found.items():
+        for i, r in enumerate(reversed(records)):
+            table.append((name, r.at.strftime("%Y-%m-%d %H:%M:%S"), r.kind, r.image, r.run_id, r.started_by,
+                          ", ".join(r.approved_by) or "-", "running now" if i == 0 else ""))
+    print_table(table)
+
+
+@click.command()
+@click.option("--repo", required=True, help="Linked GitHub repository name from katkit.yaml.", shell_complete=complete.repos)
+@click.option("--json", "as_json", is_flag=True, help="Print the PRs as JSON.")
+@run_async
+async def prs(repo: str, as_json: bool) -> None:
+    """List open PRs against the link's home branch: head sha, author and katkit's latest state per tenant."""
+    kk = await connect()
+    pulls = await kk.prs(repo)
+    if as_json:
+        click.echo(json_text(pulls))
+        return
+    if not pulls:
+        click.echo(f"no open pull requests against {kk.config.link(repo).branch}")
+    header = ("PR", "HEAD", "AUTHOR", "KATKIT", "TITLE")
+    print_table([header, *((f"#{p.number}", p.sha[:12], p.author,
+                            ", ".join(f"{t}: {s}" for t, s in p.runs.items()) or "-", p.title) for p in pulls)])
+
+
+COMMANDS = (rollback, locks, history, prs)

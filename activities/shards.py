@@ -23,7 +23,7 @@ from activities.hosts import installation_queue
 from katkit.builders import Builder, BuilderSpec, builder_for, builder_name
 from katkit.config import LinkConfig, TenantConfig
 from katkit.gitrepo import RepoMirror, is_remote, normalize_url
-from katkit.logstore import LogStore
+from katkit.logstore import LogStore, tail
 from katkit.models import CheckoutInput, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
 from katkit.names import log_key
 from katkit.plan import check_run, read_plan
@@ -225,7 +225,11 @@ class ShardActivities:
 
     def _finished(self, key: str, result: ShardResult) -> ShardResult:
         """Record the shard's result with its complete log before the builder goes: an attempt whose completion
-        never reached the server is followed by one that finds it here instead of running ci.sh again."""
+        never reached the server is followed by one that finds it here instead of running ci.sh again. A failed
+        shard's result carries its last log lines (its run's page and the CLI show them)."""
+        if result.exit_code != 0:
+            text = tail(self.log_store, key)
+            result.log_tail = text.replace(self._github_token, "***") if self._github_token else text
         self.log_store.finish(key, result.model_dump_json())
         return result
 

@@ -31,6 +31,20 @@ class LogStore(Protocol):
     def location(self, key: str) -> str: ...
 
 
+TAIL_LINES = 20
+TAIL_BYTES = 16 * 1024
+
+
+def tail(store: LogStore, key: str, lines: int = TAIL_LINES) -> str:
+    """The last ``lines`` lines of a log (at most ``TAIL_BYTES`` of it), decoded leniently: what a failure shows."""
+    size = store.size(key)
+    data = store.read(key, max(0, size - TAIL_BYTES))
+    text = data.decode("utf-8", errors="replace")
+    if size > TAIL_BYTES:
+        text = text.split("\n", 1)[-1]  # drop the partial first line
+    return "\n".join(text.rstrip("\n").splitlines()[-lines:])
+
+
 def _check_key(key: str) -> str:
     if key.startswith("/") or ".." in key.split("/"):
         raise BadInput(f"log key {key!r} is not a relative path")

@@ -113,6 +113,7 @@ class ShardResult(Model):
     reattached: bool = False
     message: str = ""
     summary: str = Field("", description="one line for the web UI, e.g. 'UNIT_TEST shard 1/2: ci.sh exited 0 in 4.2 s'")
+    log_tail: str = Field("", description="a failed shard's last log lines (what its run's page shows)")
 
 
 class DeployInput(Model):
@@ -181,6 +182,7 @@ class ShardState(Model):
     reattached: bool = Field(False, description="a retried activity found this shard's builder and re-attached to it")
     generation: int = Field(0, description="how often it started afresh because its host did not come back")
     host: str = Field("", description="the task queue of the worker host that runs its builder")
+    log_tail: str = Field("", description="a failed shard's last log lines")
 
     @model_validator(mode="before")
     @classmethod

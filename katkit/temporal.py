@@ -5,6 +5,7 @@ the search attributes, and the embedded dev server (the ``temporal`` binary from
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import shutil
 import socket
@@ -26,15 +27,29 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy
+from temporalio.api.failure.v1 import Failure
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DefaultFailureConverter, PayloadConverter
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.config import Settings
 from katkit.errors import ConfigError, InfraError
 from katkit.names import SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT, SEARCH_ATTRIBUTES
-from katkit.states import State
+from katkit.states import ErrorType, State
 
-DATA_CONVERTER = pydantic_data_converter
+
+class OneLineFailures(DefaultFailureConverter):
+    """katkit's own failures (a run failed, bad input, superseded...) reach users as their one-line message: no
+    Python stack trace under a failed run's Result in the web UI. Other errors keep theirs (they are bugs)."""
+
+    def to_failure(self, exception: BaseException, payload_converter: PayloadConverter, failure: Failure) -> None:
+        super().to_failure(exception, payload_converter, failure)
+        if isinstance(exception, ApplicationError) and exception.type in set(ErrorType):
+            failure.stack_trace = ""
+
+
+DATA_CONVERTER = dataclasses.replace(pydantic_data_converter, failure_converter_class=OneLineFailures)
 STARTING_GRACE_S = 30.0  # a server whose port is open but whose frontend is "not healthy yet" is waited for
 
 
@@ -179,24 +194,3 @@ def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, detac
             raise InfraError("the Temporal dev server did not open its port within 60 s")
         time.sleep(0.1)
     return proc
-
-
-def stop_dev_server(home: Path) -> bool:
-    pidfile = home / "temporal-server.pid"
-    try:
-        pid = int(pidfile.read_text())
-    except (FileNotFoundError, ValueError):
-        return False
-    try:
-        os.kill(pid, 15)
-    except ProcessLookupError:
-        pidfile.unlink(missing_ok=True)
-        return False
-    for _ in range(100):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    pidfile.unlink(missing_ok=True)
-    return True

@@ -79,7 +79,7 @@ class CommitRun:
         self._visibility = RunVisibility(self._status, memo=False)
         self._webhooks = WebhookNotifier([], self._status, enabled=False)
         self._github = GitHubReporter(inp.link, inp.tenant, self._status, enabled=False)
-        self._shards = ShardRunner(inp, self._status.run_id, by_host=False)
+        self._shards = ShardRunner(inp, self._status.run_id, by_host=False, on_change=self._visibility.refresh)
         self._gates_patch = False  # runs recorded before it have no memo, webhooks or wait timer
         self._evicted = False
 
@@ -205,8 +205,8 @@ class CommitRun:
 
     async def _await_approval(self, state: PhaseState) -> None:
         policy, approval = self._inp.tenant.approval, self._status.approval
+        approval.awaiting, approval.since = True, workflow.now()  # before the phase starts: its page shows the gate
         self._start_phase(state, State.AWAITING_APPROVAL)
-        approval.awaiting, approval.since = True, workflow.now()
         self._webhooks.send("awaiting_approval", approvers=policy.approvers, min_approvals=policy.min_approvals)
         try:
             await workflow.wait_condition(lambda: self._gate.decided, timeout=policy.timeout)
@@ -241,6 +241,7 @@ class CommitRun:
     def _end_phase(self, state: PhaseState, end_state: State, message: str = "") -> None:
         state.state, state.ended_at, state.message = end_state, workflow.now(), message
         self._github.phase_ended(state, end_state, message)
+        self._visibility.refresh()
 
     def _finish(self, status: State, error: str = "") -> None:
         for p in self._status.phases:
@@ -257,7 +258,7 @@ class CommitRun:
             self._webhooks.send("failed", error=error)
         self._visibility.set(status=status)
 
-    @workflow.query(name=QUERY_STATUS)
+    @workflow.query(name=QUERY_STATUS, description="The run's status: phases, shards, the gate, the deploy (JSON)")
     def status(self) -> RunStatus:
         return self._status
 
@@ -269,15 +270,15 @@ class CommitRun:
         self._visibility.memo()
         return decision
 
-    @workflow.signal(name=SIGNAL_APPROVE)
+    @workflow.signal(name=SIGNAL_APPROVE, description='Approve the deploy: {"by": "<you>", "comment": "why"}')
     def approve(self, inp: DecisionInput) -> None:
         self._decide("approve", inp)
 
-    @workflow.signal(name=SIGNAL_REJECT)
+    @workflow.signal(name=SIGNAL_REJECT, description='Reject the deploy: {"by": "<you>", "reason": "why"}')
     def reject(self, inp: DecisionInput) -> None:
         self._decide("reject", inp)
 
-    @workflow.update(name=UPDATE_DECIDE)
+    @workflow.update(name=UPDATE_DECIDE, description="approve or reject, answered at once (what the katkit CLI uses)")
     def decide(self, kind: str, inp: DecisionInput) -> Decision:
         """The CLI's way to decide: the validator answers at once and a refused decision writes no history."""
         return self._decide(kind, inp)

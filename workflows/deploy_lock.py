@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
     from katkit.models import ClosedRunsInput, LedgerRecord, LockEntry, LockGrant, LockRequest, LockState
     from katkit.names import DEPLOY_LOCK, LEDGER_IMPORT, LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, LOCK_STATE
     from katkit.platforms import DeploymentRecord
+    from workflows.details import lock_details
 
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
@@ -40,6 +41,7 @@ class DeployLock:
     @workflow.run
     async def run(self, state: LockState) -> None:
         while True:
+            self._show()
             busy = self._state.holder is not None or bool(self._state.waiters)
             keeps_ledger = self._keeps_ledger()
             try:
@@ -88,6 +90,7 @@ class DeployLock:
                     st.superseded[older.run_id] = req.run_id
                 st.waiters = []
             st.waiters.append(LockEntry(run_id=req.run_id, execution=req.execution, since=asked))
+            self._show()
         await workflow.wait_condition(lambda: self._my_turn(req.run_id))
         waited = (workflow.now() - asked).total_seconds()
         if req.run_id in st.superseded:
@@ -103,6 +106,7 @@ class DeployLock:
 
     def _grant(self, waited: float) -> LockGrant:
         st = self._state
+        self._show()
         return LockGrant(granted=True, waited_s=waited, last=st.records[-1] if st.records else None, imported=st.imported)
 
     def _my_turn(self, run_id: str) -> bool:
@@ -124,6 +128,7 @@ class DeployLock:
         elif any(w.run_id == run_id for w in st.waiters):
             st.waiters = [w for w in st.waiters if w.run_id != run_id]
             st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
+        self._show()
 
     @workflow.update(name=LEDGER_RECORD)
     def record(self, inp: LedgerRecord) -> None:
@@ -135,6 +140,7 @@ class DeployLock:
             return
         records.append(rec)
         del records[:-LEDGER_KEEP]
+        self._show()
 
     @workflow.update(name=LEDGER_IMPORT)
     def import_history(self, legacy: list[DeploymentRecord]) -> LockState:
@@ -150,6 +156,11 @@ class DeployLock:
         new = [r for r in legacy if (r.run_id, r.image, r.at) not in ours]
         if new:
             st.records = sorted(new + st.records, key=lambda r: r.at)[-LEDGER_KEEP:]
+        self._show()
+
+    def _show(self) -> None:
+        """The lock's page: who holds it, who waits, the last deployments (current details: no history event)."""
+        workflow.set_current_details(lock_details(self._state, workflow.info().namespace))
 
     @workflow.query(name=LOCK_STATE)
     def state(self) -> LockState:

@@ -17,6 +17,7 @@ with workflow.unsafe.imports_passed_through():
     from katkit.states import ErrorType, State
     from katkit.temporal import run_search_attributes
     from workflows.commit_run import CommitRun
+    from workflows.details import promotion_details
 
 
 @workflow.defn(name=PROMOTION)
@@ -35,6 +36,7 @@ class Promotion:
             step.status = State.RUNNING
             workflow.upsert_search_attributes([SA_TENANT.value_set(tenant.name), SA_PHASE.value_set(tenant.name),
                                                SA_STATUS.value_set(State.RUNNING.value)])
+            self._show()
             try:
                 result: RunStatus = await workflow.execute_child_workflow(
                     CommitRun.run,
@@ -62,7 +64,12 @@ class Promotion:
         self._status.current = ""
         self._status.status = State.SUCCEEDED
         workflow.upsert_search_attributes([SA_STATUS.value_set(State.SUCCEEDED.value)])
+        self._show()
         return self._status
+
+    def _show(self) -> None:
+        """The promotion's page: its steps, each linked to its run (current details: no history event)."""
+        workflow.set_current_details(promotion_details(self._status, workflow.info().namespace))
 
     @staticmethod
     def _child_outcome(exc: ChildWorkflowError) -> tuple[State, str]:
@@ -81,6 +88,7 @@ class Promotion:
             if step.status == State.PENDING:
                 step.status = State.SKIPPED
         workflow.upsert_search_attributes([SA_STATUS.value_set(status.value)])
+        self._show()
 
     @workflow.query(name=QUERY_STATUS)
     def status(self) -> PromotionStatus:

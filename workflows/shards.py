@@ -5,7 +5,7 @@ Owned by a CommitRun, which records the phase's own start and end."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 
 from temporalio import workflow
@@ -47,11 +47,12 @@ class ShardRunner:
     """Runs the shards of each execution phase of one run. ``host`` is the worker host queue the run's builders use
     (None: the shared queue, as runs recorded before worker hosts and tenants whose builders any host reaches)."""
 
-    def __init__(self, inp: CommitRunInput, run_id: str, *, by_host: bool) -> None:
+    def __init__(self, inp: CommitRunInput, run_id: str, *, by_host: bool, on_change: Callable[[], None]) -> None:
         self.tenant: TenantConfig = inp.tenant
         self.inp = inp
         self.run_id = run_id
         self.by_host = by_host
+        self.on_change = on_change  # a shard started, ended or moved: the run's page shows it
         self.host: str | None = None
         self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
 
@@ -80,6 +81,7 @@ class ShardRunner:
         tasks = {start(i): i for i in range(phase.parallelism)}
         for shard in state.shards:
             shard.state = State.RUNNING
+        self.on_change()
         failure = ""
         pending = list(tasks)
 
@@ -98,6 +100,7 @@ class ShardRunner:
                         pending = in_shard_order({*pending, retry})
                         continue
                     failure = failure or self._record(phase, state.shards[i], task)
+                    self.on_change()
         except (asyncio.CancelledError, Exception):  # cancelled, or e.g. no host could be picked: stop the siblings
             await self._cancel(pending, state, "")
             raise
@@ -153,6 +156,7 @@ class ShardRunner:
             return f"{label}: {failure_text(exc)}"
         result = task.result()
         shard.exit_code, shard.log_key, shard.reattached = result.exit_code, result.log_key, result.reattached
+        shard.log_tail = result.log_tail
         if result.started_at and result.ended_at:
             shard.duration_s = round((result.ended_at - result.started_at).total_seconds(), 3)
         if result.exit_code == 0:

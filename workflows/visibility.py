@@ -1,6 +1,6 @@
 """What the Temporal web UI and ``katkit list`` show of a run without asking a worker: its search attributes
-(KatkitTenant, KatkitRepo, KatkitSha, KatkitPhase, KatkitStatus) and its memo (a one-line summary and the
-gate's decisions)."""
+(KatkitTenant, KatkitRepo, KatkitSha, KatkitPhase, KatkitStatus), its memo (a one-line summary and the gate's
+decisions) and its current details (the run's page: ``workflows/details.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ with workflow.unsafe.imports_passed_through():
     from katkit.models import RunStatus
     from katkit.names import SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT
     from katkit.states import State
+    from workflows.details import run_details
 
 
 class RunVisibility:
@@ -19,6 +20,7 @@ class RunVisibility:
         self.status = status
         self.memo_enabled = memo  # runs recorded before the memo replay without it
         self._sent: dict[str, str] = {}
+        self._details = ""
 
     def set(self, *, status: State | None = None, phase: str | None = None) -> None:
         """Change the run's status/phase and keep KatkitStatus/KatkitPhase (one upsert, only what changed)."""
@@ -38,8 +40,18 @@ class RunVisibility:
         if updates:
             workflow.upsert_search_attributes(updates)
             self.memo()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Show the run's status on its page (current details: no history event, nothing to replay)."""
+        info = workflow.info()
+        details = run_details(self.status, info.namespace, info.parent.workflow_id if info.parent else None)
+        if details != self._details:
+            self._details = details
+            workflow.set_current_details(details)
 
     def memo(self) -> None:
+        self.refresh()
         if not self.memo_enabled:
             return
         st = self.status

@@ -159,8 +159,8 @@ async def _approve_when_waiting(kk: Katkit, run_id: str, url: str, console: Cons
     printer(st)
     console.print(
         "\n  PROD needs an approval. A person would give it one of two ways:\n"
-        f"   - web UI: open {url}, choose 'Send Signal', signal name [bold]approve[/], "
-        'input {"by": "alice", "comment": "ship it"}\n'
+        f"   - web UI: open {url}, tab User Metadata (it says who may approve and how), then More Actions -> "
+        'Send a Signal, signal name [bold]approve[/], input {"by": "alice", "comment": "ship it"}\n'
         f"   - CLI: {_katkit_command()} approve {run_id} --by alice --comment 'ship it'\n"
         f"  The demo approves it itself now, as user [bold]{APPROVER}[/].\n"
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 
@@ -40,8 +41,9 @@ def how_to_decide(target: str, gate: ApprovalState | ApprovalPolicy, started_by:
     need = f"{gate.min_approvals} approval{'s' if gate.min_approvals > 1 else ''} from {who}"
     if not gate.allow_self_approval and (not gate.approvers or started_by in gate.approvers):
         need += f", not {started_by} who started it"
-    return [f"approve: katkit approve {target} --by <you>  ({need})",
-            f"reject:  katkit reject {target} --by <you> --reason TEXT"]
+    prog = os.environ.get("KATKIT_PROG") or "katkit"  # as the user called it (./dev.sh says so)
+    return [f"approve: {prog} approve {target} --by <you>  ({need})",
+            f"reject:  {prog} reject {target} --by <you> --reason TEXT"]
 
 
 class PhasePrinter:

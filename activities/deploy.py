@@ -129,7 +129,9 @@ class DeployActivities:
         record = platform.deploy(inp.tenant, target, DeploymentRecord(
             run_id=inp.run_id, execution=inp.execution, sha=inp.sha, previous_image=previous, image=inp.image,
             replicas=replicas, started_by=inp.started_by, approved_by=inp.approved_by, at=started, repo=inp.repo,
-            kind=inp.kind), progress=lambda: None)
+            kind=inp.kind, attempt=inp.attempt, approvals=inp.approvals, freeze_overrides=inp.freeze_overrides,
+            failed_phase=inp.failed_phase), progress=lambda: None)
+        record = record.model_copy(update={"ended_at": datetime.now(timezone.utc)})
         log.info("deployed", run_id=inp.run_id, tenant=inp.tenant.name, service=inp.service, image=inp.image,
                  kind=inp.kind)
         return DeployResult(service=inp.service, image=inp.image, previous_image=record.previous_image,

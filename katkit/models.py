@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from katkit.config import LinkConfig, TenantConfig
-from katkit.platforms import DeploymentRecord
+from katkit.config import LinkConfig, TenantConfig, WebhookTarget
+from katkit.platforms import DeploymentRecord, RecordedDecision
 from katkit.states import DeployKind, Outcome, State
 
 
@@ -68,6 +68,7 @@ class CommitRunInput(Model):
     ref: str = Field("", description="what the user asked for, e.g. 'branch main' or 'pr 12'")
     started_by: str
     rollback: RollbackSpec | None = None
+    untrusted: bool = Field(False, description="a pull request from a fork: no secrets, no GitHub token for ci.sh")
 
     @property
     def repo(self) -> str:
@@ -93,6 +94,8 @@ class ShardInput(Model):
     deadline: datetime = Field(description="when ci.sh is killed and the shard fails (the phase timeout)")
     generation: int = Field(0, description="how often the shard started afresh on another host (a new builder each)")
     log_note: str = Field("", description="a line the log starts with (why the shard started afresh)")
+    untrusted: bool = Field(False, description="a fork's pull request: no secrets, no GitHub token (unless the tenant "
+                                               "opts in)")
 
 
 class PickHostInput(Model):
@@ -130,6 +133,10 @@ class DeployInput(Model):
                           "a rollback: None (the running service's settings are kept)")
     started_by: str
     approved_by: list[str] = Field(default_factory=list)
+    approvals: list[RecordedDecision] = Field(default_factory=list, description="accepted approvals, with comments")
+    freeze_overrides: list[RecordedDecision] = Field(default_factory=list, description="who broke a freeze for this run")
+    attempt: int = Field(1, description="the run's attempt (1 unless retried)")
+    failed_phase: str = Field("", description="auto_rollback: the phase after the deploy that failed")
 
     @model_validator(mode="before")
     @classmethod
@@ -155,12 +162,22 @@ class DeployResult(Model):
     started_at: datetime | None = Field(None, description="when the deploy itself began (lock held)")
 
 
+class DecisionProof(Model):
+    """What proves who decided: an SSH signature (``katkit approve --key``) of the decision with its run, sha and tenant
+    (``katkit.proof.decision_message``)."""
+
+    signature: str = Field(description="the armored SSHSIG signature (ssh-keygen -Y sign -n katkit)")
+    signed_at: datetime = Field(description="when it was signed (part of the signed message)")
+    key: str = Field("", description="the signing key's fingerprint, SHA256:... (informative; the signature holds the key)")
+
+
 class DecisionInput(Model):
     """Input of the ``approve`` / ``reject`` signals: ``{"by": "alice", "comment": "..."}``."""
 
     by: str = ""
     comment: str = ""
     reason: str = ""
+    proof: DecisionProof | None = Field(None, description="a signature proving the decision is by's (see DecisionProof)")
 
 
 class Decision(Model):
@@ -170,6 +187,15 @@ class Decision(Model):
     text: str = ""
     accepted: bool = True
     refused_because: str = ""
+    verified_by: str = Field("unverified", description="what proved who decided: 'ssh key SHA256:...', "
+                             "'github LOGIN', or 'unverified'; '' for a timeout")
+
+    @property
+    def verification(self) -> str:
+        """``verified (ssh key SHA256:...)``, ``verified (github LOGIN)``, ``unverified``, or '' for a timeout."""
+        if self.kind == "timeout" or not self.verified_by:
+            return ""
+        return "unverified" if self.verified_by == "unverified" else f"verified ({self.verified_by})"
 
 
 class ShardState(Model):
@@ -236,8 +262,11 @@ class RunStatus(Model):
     phases: list[PhaseState] = Field(default_factory=list)
     approval: ApprovalState = Field(default_factory=ApprovalState)
     deployed: DeployResult | None = None
+    rolled_back: DeployResult | None = Field(None, description="on_post_deploy_failure: rollback: the previous image, "
+                                                               "put back after a phase after the deploy failed")
     error: str = ""
     note: str = Field("", description="set by the starter, never by the workflow: e.g. that no worker polls")
+    untrusted: bool = Field(False, description="a fork's pull request: its ci.sh gets no secrets and no GitHub token")
 
 
 class RollbackSpec(Model):
@@ -297,7 +326,8 @@ class ClosedRunsInput(Model):
 
 
 class NotifyInput(Model):
-    urls: list[str]
+    urls: list[str] = Field(default_factory=list, description="plain URLs (inputs recorded before targets)")
+    targets: list[WebhookTarget] = Field(default_factory=list, description="references are resolved by the worker")
     event: dict[str, object]
 
 

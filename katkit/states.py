@@ -57,6 +57,7 @@ class DeployKind(StrEnum):
 
     DEPLOY = "deploy"  # the run's sha: servicedescription.js's image with the sha for <hubtag>
     ROLLBACK = "rollback"  # an image from the service's ledger
+    AUTO_ROLLBACK = "auto_rollback"  # katkit put the previous image back: a phase after the deploy failed
 
 
 class ErrorType(StrEnum):

@@ -19,10 +19,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.config import KatkitConfig, Settings, load_settings
 from katkit.errors import BadInput, InfraError, RunFailed, UnknownName, did_you_mean
-from katkit.models import Decision, DecisionInput, PullInfo, RunStatus
+from katkit.models import Decision, DecisionInput, DecisionProof, PullInfo, RunStatus
 from katkit.names import COMMIT_RUN, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT, UPDATE_DECIDE
 from katkit.states import RUN_STATES, TERMINAL, State
 from katkit.temporal import connect
+from starter.audit import AuditCalls
 from starter.base import QUERY_DEADLINE, RunHandle, watch
 from starter.ledger import LedgerCalls
 from starter.logs import LogCalls
@@ -47,7 +48,7 @@ class RunSummary:
     """When the run started (UTC, with its zone)."""
 
 
-class Katkit(LogCalls, LedgerCalls, PromotionCalls):
+class Katkit(LogCalls, LedgerCalls, PromotionCalls, AuditCalls):
     @classmethod
     async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None,
                       config_path: str | None = None) -> Katkit:
@@ -63,8 +64,11 @@ class Katkit(LogCalls, LedgerCalls, PromotionCalls):
 
     # -- starting ------------------------------------------------------------------------------------------
     async def start_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
-                        pr: int | None = None, by: str | None = None, ref: str | None = None) -> RunHandle:
-        inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by, ref=ref)
+                        pr: int | None = None, by: str | None = None, ref: str | None = None,
+                        untrusted: bool = False) -> RunHandle:
+        """Start a run (``untrusted``: code from a fork's pull request, which gets no secrets and no GitHub token)."""
+        inp = await asyncio.to_thread(self.prepare_run, tenant, repo, sha=sha, branch=branch, pr=pr, by=by, ref=ref,
+                                      untrusted=untrusted)
         return await self.start_prepared(inp)
 
     def pull_requests(self, repo: str) -> list[PullInfo]:
@@ -90,11 +94,33 @@ class Katkit(LogCalls, LedgerCalls, PromotionCalls):
         return pulls
 
     # -- the gate ----------------------------------------------------------------------------------------
-    async def approve(self, run_id: str, by: str, comment: str = "") -> Decision:
-        return await self._decide(run_id, "approve", DecisionInput(by=by, comment=comment))
+    async def approve(self, run_id: str, by: str, comment: str = "", key: str | None = None) -> Decision:
+        """Approve; with ``key`` (an SSH private key file, or a public one whose private half is in ssh-agent) signed."""
+        inp = DecisionInput(by=by, comment=comment)
+        return await self._decide(run_id, "approve", await self._signed(run_id, "approve", inp, comment, key))
 
-    async def reject(self, run_id: str, by: str, reason: str = "") -> Decision:
-        return await self._decide(run_id, "reject", DecisionInput(by=by, reason=reason))
+    async def reject(self, run_id: str, by: str, reason: str = "", key: str | None = None) -> Decision:
+        inp = DecisionInput(by=by, reason=reason)
+        return await self._decide(run_id, "reject", await self._signed(run_id, "reject", inp, reason, key))
+
+    async def _signed(self, run_id: str, kind: str, inp: DecisionInput, text: str, key: str | None) -> DecisionInput:
+        """The decision with a proof: its run, sha, tenant, kind, by, text and now, signed with ``key``."""
+        if key is None:
+            return inp
+        from datetime import timezone
+
+        from katkit.proof import ProofError, decision_message, sign_with_ssh_keygen, signer_fingerprint
+
+        st = await self.status(run_id)
+        now = datetime.now(timezone.utc)
+        message = decision_message(run_id=st.run_id, sha=st.sha, tenant=st.tenant, kind=kind, by=inp.by, text=text,
+                                   signed_at=now)
+        try:
+            signature = await asyncio.to_thread(sign_with_ssh_keygen, key, message)
+        except ProofError as exc:
+            raise BadInput(str(exc)) from None
+        inp.proof = DecisionProof(signature=signature, signed_at=now, key=signer_fingerprint(signature))
+        return inp
 
     async def _decide(self, run_id: str, kind: str, inp: DecisionInput) -> Decision:
         handle = await self._handle(run_id)

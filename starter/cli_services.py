@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import getpass
+import io
 
 import click
 
+from katkit.errors import BadInput
+from katkit.platforms import DeploymentRecord, RecordedDecision
 from starter import complete
 from starter.cli_common import connect, out, print_table, run_async, started
+from starter.ledger import parse_since
 from starter.render import json_text
 
 
@@ -43,22 +48,59 @@ async def locks(tenant: str | None) -> None:
             click.echo(f"  {n}. {w.run_id} (waiting since {w.since:%H:%M:%S})")
 
 
+HISTORY_COLUMNS = ("tenant", "service", "kind", "at", "ended_at", "sha", "image", "previous_image", "run_id", "attempt",
+                   "started_by", "approved_by", "approvals", "freeze_overrides", "failed_phase", "running_now")
+"""The columns of ``katkit history --csv`` (an auditor's spreadsheet), in order."""
+
+
+def _decisions(found: list[RecordedDecision]) -> str:
+    return "; ".join(f"{d.by}" + (f" at {d.at.isoformat()}" if d.at else "") + (f": {d.comment}" if d.comment else "")
+                     for d in found)
+
+
+def history_rows(tenant: str, found: dict[str, list[DeploymentRecord]]) -> list[dict[str, object]]:
+    """One row per deploy or rollback, oldest first: what ``--json`` and ``--csv`` print."""
+    rows: list[dict[str, object]] = []
+    for name, records in found.items():
+        for i, r in enumerate(records):
+            rows.append({"tenant": tenant, "service": name, "running_now": i == len(records) - 1,
+                         **r.model_dump(mode="json")})
+    return rows
+
+
 @click.command()
 @click.option("--tenant", required=True, help="Tenant whose deployments to show.", shell_complete=complete.tenants)
 @click.option("--service", help="Only this service (default: every service of the tenant).")
+@click.option("--since", help="Only deployments since a date/time (2026-11-01, 2026-11-01T09:00Z) or for a duration (7d).")
 @click.option("--json", "as_json", is_flag=True, help="Print the records as JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print the records as CSV (one row per deploy or rollback).")
 @run_async
-async def history(tenant: str, service: str | None, as_json: bool) -> None:
+async def history(tenant: str, service: str | None, since: str | None, as_json: bool, as_csv: bool) -> None:
     """What runs now in a tenant and what ran before: every deployment and rollback, who started and approved it."""
+    if as_json and as_csv:
+        raise BadInput("--json and --csv: choose one")
+    after = parse_since(since) if since is not None else None
     kk = await connect()
-    found = await kk.history(tenant, service)
+    found = await kk.history(tenant, service, after)
     if as_json:
-        rows = [{"tenant": tenant, "service": name, "running_now": i == len(records) - 1, **r.model_dump()}
-                for name, records in found.items() for i, r in enumerate(records)]
-        click.echo(json_text(rows))
+        click.echo(json_text(history_rows(tenant, found)))
+        return
+    if as_csv:
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        for name, records in found.items():
+            for i, r in enumerate(records):
+                row: dict[str, object] = {**r.model_dump(mode="json"), "tenant": tenant, "service": name,
+                                          "running_now": i == len(records) - 1, "approved_by": ", ".join(r.approved_by),
+                                          "approvals": _decisions(r.approvals),
+                                          "freeze_overrides": _decisions(r.freeze_overrides)}
+                writer.writerow({k: "" if v is None else v for k, v in row.items()})
+        click.echo(buf.getvalue(), nl=False)
         return
     if not any(found.values()):
-        click.echo(f"no deployments of {service or 'any service'} in {tenant}")
+        click.echo(f"no deployments of {service or 'any service'} in {tenant}" + (f" since {after:%Y-%m-%d %H:%M} UTC"
+                                                                                   if after else ""))
         return
     header = ("SERVICE", "WHEN (UTC)", "KIND", "IMAGE", "RUN", "STARTED BY", "APPROVED BY", "")
     table = [header]

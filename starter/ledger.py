@@ -4,15 +4,39 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import re
+from datetime import datetime, timedelta, timezone
 
 from temporalio.service import RPCError
 
+from katkit.config import parse_duration
 from katkit.errors import BadInput, InfraError
 from katkit.models import CommitRunInput, LockState, RollbackSpec
 from katkit.names import DEPLOY_LOCK, LOCK_STATE, NAME_RULE, deploy_lock_id, is_safe_name
 from katkit.platforms import DeploymentRecord
 from katkit.temporal import is_open
 from starter.base import QUERY_DEADLINE, KatkitBase, RunHandle
+
+
+def parse_since(text: str, now: datetime | None = None) -> datetime:
+    """``--since``: a date (``2026-11-01``, midnight UTC), a date and time (``2026-11-01T09:00Z``; no zone: UTC) or
+    a duration back from now (``7d``, ``12h``, ``1h30m``)."""
+    now = now or datetime.now(timezone.utc)
+    value = text.strip()
+    if re.fullmatch(r"(?:\d+[dhms])+", value.replace(" ", "")):
+        try:
+            ago = parse_duration(value)
+            if isinstance(ago, timedelta):
+                return now - ago
+        except (ValueError, OverflowError):
+            pass
+        raise BadInput(f"--since {text!r} reaches back further than katkit can count; give a date such as 2026-11-01")
+    try:
+        when = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        raise BadInput(f"--since {text!r} is neither a date/time (2026-11-01, 2026-11-01T09:00Z) nor a duration "
+                       "back from now (7d, 12h, 1h30m)") from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=timezone.utc)
 
 
 class LedgerCalls(KatkitBase):
@@ -42,14 +66,20 @@ class LedgerCalls(KatkitBase):
         state = await self.ledger(tenant, service)
         return state.records if state is not None else []
 
-    async def history(self, tenant: str, service: str | None = None) -> dict[str, list[DeploymentRecord]]:
-        """Deployments of one service, or of every service of ``tenant`` with a ledger (or an old JSON history)."""
+    async def history(self, tenant: str, service: str | None = None,
+                      since: datetime | None = None) -> dict[str, list[DeploymentRecord]]:
+        """Deployments of one service, or of every service of ``tenant`` with a ledger (or an old JSON history),
+        oldest first; with ``since`` only those that began at or after it (``parse_since`` reads the CLI's form)."""
         if service is not None:
-            return {service: await self.deployments(tenant, service)}
-        self.config.tenant(tenant)
-        names = {st.service for st in await self.locks(tenant)}
-        found = {name: await self.deployments(tenant, name) for name in sorted(names)}
-        return {name: records for name, records in found.items() if records}
+            found = {service: await self.deployments(tenant, service)}
+        else:
+            self.config.tenant(tenant)
+            names = {st.service for st in await self.locks(tenant)}
+            found = {name: await self.deployments(tenant, name) for name in sorted(names)}
+            found = {name: records for name, records in found.items() if records}
+        if since is not None:
+            found = {name: [r for r in records if r.at >= since] for name, records in found.items()}
+        return found
 
     async def start_rollback(self, tenant: str, service: str, to_sha: str | None = None, by: str | None = None) -> RunHandle:
         """Redeploy the previous image (or the one deployed from ``to_sha``), through the tenant's gate and lock."""

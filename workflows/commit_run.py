@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         RunStatus,
         ShardState,
     )
+    from katkit.platforms import RecordedDecision
     from katkit.names import COMMIT_RUN, QUERY_STATUS, SIGNAL_APPROVE, SIGNAL_REJECT, UPDATE_DECIDE
     from katkit.states import DeployKind, ErrorType, Outcome, State, run_state_of
     from workflows.gate import ApprovalGate
@@ -71,11 +72,12 @@ class CommitRun:
         self._inp = inp
         self._status = RunStatus(
             run_id=workflow.info().workflow_id, tenant=inp.tenant.name, env=inp.tenant.env, repo=inp.repo,
-            sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(),
+            sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(), untrusted=inp.untrusted,
             approval=ApprovalState(required=policy.required, approvers=list(policy.approvers),
                                    min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval),
         )
-        self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval)
+        self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval,
+                                  run_id=self._status.run_id, sha=inp.sha)
         self._visibility = RunVisibility(self._status, memo=False)
         self._webhooks = WebhookNotifier([], self._status, enabled=False)
         self._github = GitHubReporter(inp.link, inp.tenant, self._status, enabled=False)
@@ -169,7 +171,9 @@ class CommitRun:
             kind, service, image, desc = DeployKind.DEPLOY, plan.service.name, plan.service.image_for(plan.sha), plan.service
         return DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=inp.tenant, kind=kind,
                            service=service, image=image, sha=plan.sha, repo=inp.repo, description=desc,
-                           started_by=inp.started_by, approved_by=list(self._status.approval.approved_by))
+                           started_by=inp.started_by, approved_by=list(self._status.approval.approved_by),
+                           approvals=[RecordedDecision(by=d.by, at=d.at, comment=d.text)
+                                      for d in self._status.approval.decisions if d.accepted and d.kind == "approve"])
 
     async def _deploy(self, state: PhaseState, plan: RunPlan) -> None:
         policy = self._inp.tenant.approval
@@ -287,6 +291,7 @@ class CommitRun:
     def _validate_decide(self, kind: str, inp: DecisionInput) -> None:
         if kind not in ("approve", "reject"):
             raise ValueError(f"unknown decision {kind!r}; use approve or reject")
-        refused = self._gate.refusal(kind, inp.by, self._status.status)
+        refused = (self._gate.refusal(kind, inp.by, self._status.status)
+                   or self._gate.verification(kind, inp, workflow.now())[1])  # a signature that proves nothing
         if refused:
             raise ValueError(refused)

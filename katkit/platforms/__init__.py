@@ -27,7 +27,17 @@ class RunningService(BaseModel):
     fields: dict[str, object] = Field(default_factory=dict)
 
 
+class RecordedDecision(BaseModel):
+    """An approval (or a freeze override) as the ledger keeps it: who, when, and what they said."""
+
+    by: str
+    at: datetime | None = None
+    comment: str = ""
+
+
 class DeploymentRecord(BaseModel):
+    """One deploy or rollback of a tenant service, as its ledger keeps it (what ``katkit history`` shows)."""
+
     run_id: str
     sha: str
     previous_image: str | None
@@ -41,6 +51,12 @@ class DeploymentRecord(BaseModel):
     execution: str = Field("", description="the workflow run id of the run that deployed (a retry records once)")
     previous_revision: str | None = Field(None, description="ECS: the task definition the service ran before")
     revision: str | None = Field(None, description="ECS: the task definition it runs now")
+    attempt: int = Field(1, description="the run's attempt that deployed (1 unless the run was retried)")
+    approvals: list[RecordedDecision] = Field(default_factory=list, description="the accepted approvals, with comments")
+    freeze_overrides: list[RecordedDecision] = Field(default_factory=list,
+                                                     description="approvers who deployed through a freeze window")
+    failed_phase: str = Field("", description="auto_rollback: the phase after the deploy that failed")
+    ended_at: datetime | None = Field(None, description="when the platform had the new version running")
 
 
 class Platform(Protocol):

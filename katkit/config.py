@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from katkit.errors import ConfigError, UnknownName, did_you_mean
 from katkit.names import NAME_RULE, is_safe_name
+from katkit.proof import ProofError, public_key_blob  # at import: the workflow sandbox validates configs too
 from katkit.payload import show, unfit
 
 _DURATION = re.compile(r"^\s*(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?\s*$")
@@ -75,21 +76,84 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Approver(Strict):
+    """An approver who can prove a decision: SSH public keys they sign with, and/or their GitHub login."""
+
+    name: str = Field(min_length=1)
+    keys: list[str] = Field(default_factory=list, description="OpenSSH public key lines (ssh-ed25519) they sign with")
+    github: str | None = Field(None, pattern=r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$", description="their GitHub login")
+
+    @model_validator(mode="after")
+    def _keys_readable(self) -> Approver:
+        for i, key in enumerate(self.keys):
+            try:
+                public_key_blob(key)
+            except ProofError as exc:
+                raise ValueError(f"approver {self.name!r} keys.{i}: {exc}") from None
+        return self
+
+
+def _approver_entries(data: object) -> object:
+    """``approvers`` may mix names and ``{name, keys, github}`` entries: the names stay in ``approvers`` (what status,
+    webhooks and the UI show), the entries with keys or a GitHub login go to ``identities``."""
+    if not isinstance(data, dict) or not isinstance(data.get("approvers"), list):
+        return data
+    names: list[object] = []
+    identities = list(data.get("identities") or [])
+    for i, entry in enumerate(data["approvers"]):
+        if isinstance(entry, dict):
+            try:
+                approver = Approver.model_validate(entry)
+            except ValidationError as exc:
+                e = exc.errors()[0]
+                where = ".".join(str(p) for p in e["loc"])
+                if e["type"] == "extra_forbidden":
+                    raise ValueError(f"approvers.{i}: unknown field {where!r}; an approver has name, keys and github") from None
+                raise ValueError(f"approvers.{i}{'.' + where if where else ''}: "
+                                 f"{e['msg'].removeprefix('Value error, ')}") from None
+            names.append(approver.name)
+            identities.append(approver)
+        else:
+            names.append(entry)
+    return {**data, "approvers": names, "identities": identities}
+
+
 class ApprovalPolicy(Strict):
     required: bool = False
     approvers: list[str] = Field(default_factory=list, description="who may decide; empty: anyone")
+    identities: list[Approver] = Field(default_factory=list, description="approvers' keys and GitHub logins (filled "
+                                       "from the {name, keys, github} entries of approvers)")
+    require_proof: bool = Field(False, description="a decision must be signed by the approver's key (or come from "
+                                "their GitHub login); unsigned ones are refused")
     min_approvals: int = Field(1, ge=1, description="distinct approvals needed (quorum)")
     allow_self_approval: bool = False
     timeout: Duration | None = None
     on_timeout: Literal["reject", "cancel"] = "reject"
     wait_timer: Duration | None = Field(None, description="the deployment starts no sooner than this after the gate opened")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _entries(cls, data: object) -> object:
+        return _approver_entries(data)
+
     @model_validator(mode="after")
     def _quorum_possible(self) -> ApprovalPolicy:
         if self.approvers and self.min_approvals > len(self.approvers):
             raise ValueError(f"min_approvals {self.min_approvals} is more than the {len(self.approvers)} approvers; "
                              "lower it or add approvers")
+        if self.require_proof:
+            provable = {a.name for a in self.identities if a.keys or a.github}
+            if not self.approvers:
+                raise ValueError("require_proof needs approvers with keys or a github login; list them under approvers")
+            unprovable = [n for n in self.approvers if n not in provable]
+            if unprovable:
+                raise ValueError(f"require_proof: approver {unprovable[0]!r} has no keys and no github login, so could "
+                                 "never decide; give them keys: [...] or github: LOGIN")
         return self
+
+    def identity(self, name: str) -> Approver | None:
+        """The approver ``name``'s keys and GitHub login, when declared."""
+        return next((a for a in self.identities if a.name == name), None)
 
 
 class DockerConfig(Strict):
@@ -131,6 +195,71 @@ class EcsConfig(Strict):
     deploy_timeout: Duration = Field(timedelta(minutes=15), description="how long a service update may take to complete")
 
 
+def _secret_name(value: str) -> str:
+    from katkit.secrets import NAME_PATTERN
+
+    if not NAME_PATTERN.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name; a secret's name is what ci.sh sees, "
+                         "e.g. NPM_TOKEN (letters, digits, '_', not starting with a digit)")
+    return value
+
+
+def _secret_ref(value: str) -> str:
+    from katkit.secrets import check_ref
+
+    return check_ref(value)
+
+
+SecretName = Annotated[str, AfterValidator(_secret_name)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref)]
+
+WEBHOOK_REF = re.compile(r"^(url_env:[A-Za-z_][A-Za-z0-9_]*|url_file:/\S+|aws-sm:[^#\s]+(#\S+)?)$")
+
+
+class WebhookTarget(Strict):
+    """Where a tenant's gate and deploy events go. ``url`` is kept in workflow history (a Slack URL carries a
+    token: prefer a reference); ``url_env``/``url_file``/``aws_sm`` are resolved by the worker when it sends."""
+
+    url: str | None = Field(None, description="the URL itself (visible in workflow history)")
+    url_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$", description="the worker's env var holding it")
+    url_file: str | None = Field(None, pattern=r"^/\S+$", description="a file on the worker host holding it")
+    aws_sm: str | None = Field(None, alias="aws-sm", pattern=r"^[^#\s]+(#\S+)?$",
+                               description="an AWS Secrets Manager secret (ID[#json key]) holding it")
+    format: Literal["json", "slack"] = Field("json", description="json: katkit's event; slack: an incoming-webhook message")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, data: object) -> object:
+        """``"https://..."`` is a URL; ``"url_env:VAR"``, ``"url_file:/path"``, ``"aws-sm:ID#key"`` are references."""
+        if not isinstance(data, str):
+            return data
+        if WEBHOOK_REF.match(data):
+            scheme, _, target = data.partition(":")
+            return {scheme.replace("-", "_"): target}
+        return {"url": data}
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookTarget:
+        given = [k for k in ("url", "url_env", "url_file", "aws_sm") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a webhook target needs exactly one of url, url_env, url_file or aws-sm")
+        if self.url is not None and not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"webhook {self.url!r} is neither an http(s) URL nor a reference "
+                             "(url_env:VAR, url_file:/path, aws-sm:ID#key)")
+        return self
+
+    @property
+    def reference(self) -> str:
+        """What logs and errors may show: the reference, or the URL without its path (which may hold a token)."""
+        if self.url is not None:
+            parts = self.url.split("/")
+            return "/".join(parts[:3]) + "/..." if len(parts) > 3 else self.url
+        return next(f"{k.replace('_sm', '-sm')}:{v}" for k, v in (("url_env", self.url_env), ("url_file", self.url_file),
+                                                                   ("aws_sm", self.aws_sm)) if v)
+
+
 class TenantGitHub(Strict):
     """What a tenant does with GitHub links: push/PR triggers, its deployment environment, the token for ci.sh."""
 
@@ -153,8 +282,17 @@ class TenantConfig(Strict):
     ecs: EcsConfig = Field(default_factory=EcsConfig)
     deploy_lock: Literal["queue", "supersede"] = Field(
         "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
-    webhooks: list[str] = Field(default_factory=list, description="URLs that receive a JSON event for each gate/deploy event")
+    webhooks: list[WebhookTarget] = Field(default_factory=list, description="where each gate/deploy event is sent")
     github: TenantGitHub = Field(default_factory=TenantGitHub)
+    on_post_deploy_failure: Literal["fail", "rollback"] = Field(
+        "fail", description="a phase after the deployment phase fails: the run fails (fail), or katkit first redeploys "
+                            "the previous image through the same deploy lock, with no new approval (rollback)")
+    secrets: dict[SecretName, SecretRef] = Field(
+        default_factory=dict, description="NAME: reference (env:VAR, file:/path, aws-sm:ID[#key], aws-ssm:/param); "
+                                          "ci.sh gets NAME=value, every log gets *** instead")
+    phases_with_secrets: list[str] | None = Field(None, description="only these phases get the secrets (default: all)")
+    secrets_for_fork_prs: bool = Field(False, description="runs for pull requests from forks get the secrets and the "
+                                       "GitHub token too (default: they get neither: their code is not trusted)")
 
     @property
     def builders_need_their_host(self) -> bool:

@@ -63,9 +63,12 @@ def _decision(kind: str, text_option: str, doc: str) -> click.Command:
     @click.argument("run_id", metavar="RUN", shell_complete=complete.runs)
     @click.option("--by", required=True, help=f"Who {kind}s (must be an approver of the tenant).")
     @click.option(f"--{text_option}", "text", default="", help="Why.")
+    @click.option("--key", type=click.Path(dir_okay=False), envvar="KATKIT_SIGNING_KEY", default=None,
+                  help="Sign the decision with this SSH ed25519 key (a private key file, or the .pub of a key in "
+                       "ssh-agent); the tenant checks it against your keys in katkit.yaml. Env: KATKIT_SIGNING_KEY.")
     @run_async
-    async def decide(run_id: str, by: str, text: str) -> None:
-        await _decide(kind, run_id, by, text)
+    async def decide(run_id: str, by: str, text: str, key: str | None) -> None:
+        await _decide(kind, run_id, by, text, key)
 
     return decide
 
@@ -76,18 +79,18 @@ reject = _decision("reject", "reason", "Reject the deployment gate of a run (of 
                                        "decision); it ends without deploying.")
 
 
-async def _decide(kind: str, given: str, by: str, text: str) -> None:
+async def _decide(kind: str, given: str, by: str, text: str, key: str | None = None) -> None:
     kk = await connect(with_config=False)
     run_id, step = given, None
     if await kk.is_promotion(given):
         step = await kk.awaiting_step(given)
         run_id = step.run_id
-    d = await (kk.approve if kind == "approve" else kk.reject)(run_id, by, text)
+    d = await (kk.approve if kind == "approve" else kk.reject)(run_id, by, text, key)
     verb, at = ("approved" if kind == "approve" else "rejected"), f"{d.at:%Y-%m-%d %H:%M:%S} UTC"
     if isinstance(step, PromotionStep):
-        out.print(f"{verb} {run_id} (step {step.tenant} of {given}) by {d.by} at {at}", markup=False)
+        out.print(f"{verb} {run_id} (step {step.tenant} of {given}) by {d.by} at {at} ({d.verification})", markup=False)
     else:
-        out.print(f"{verb} by {d.by} at {at}: {run_id}", markup=False)
+        out.print(f"{verb} by {d.by} at {at} ({d.verification}): {run_id}", markup=False)
 
 
 @click.command()
@@ -126,6 +129,8 @@ async def status(run_id: str, as_json: bool) -> None:
             err.print(f"katkit: warning: {st.note}", markup=False)
         if st.deployed:
             out.print(f"deployed: {st.deployed.image} (replicas {st.deployed.replicas}, previous {st.deployed.previous_image})")
+        if st.rolled_back:
+            out.print(f"rolled back by katkit to: {st.rolled_back.image} (replicas {st.rolled_back.replicas})")
         if st.error:
             out.print(f"[red]{st.error}[/]")
     sys.exit(0 if st.status == State.SUCCEEDED or st.status in LIVE else 1)

@@ -478,3 +478,37 @@ async def test_lock_is_released_when_the_holders_worker_is_killed(settings: Sett
             if proc is not None and proc.poll() is None:
                 proc.terminate()
                 proc.wait(timeout=30)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_failed_smoke_test_puts_the_previous_image_back(client, settings: Settings, docker_config: KatkitConfig,
+                                                                docker_api, repo: Path, tenant: str, image_repo: str,
+                                                                tmp_path: Path) -> None:
+    """on_post_deploy_failure: rollback on the Docker platform: the previous image runs again, env and replicas kept."""
+    docker_config.tenant(tenant).on_post_deploy_failure = "rollback"
+    dk = Katkit(client, settings, docker_config)
+    build_image(f"{image_repo}:old", DOCKERFILE, tmp_path)
+    run_service(docker_api, tenant, f"{image_repo}:old", 2, {"GREETING": "hi"})
+    smoke_ci = CI.replace("  *)", '  SMOKE) test -f smoke_ok || { echo "smoke: /health answered 500"; exit 5; } ;;\n  *)')
+    phases = (phase("BUILD", 1, params=f"IMAGE={image_repo}"), phase("DEPLOY", 2, ptype=1), phase("SMOKE", 3))
+    good = commit_files(repo, {**sample_files(image_repo, *phases), "ci.sh": smoke_ci, "smoke_ok": "yes\n"})
+    assert (await dk.wait((await dk.start_run(tenant, "sample", sha=good, by="bob")).run_id)).status == "succeeded"
+    bad = commit_files(repo, {"smoke_ok": None, "CHANGES.md": "v2\n"})
+    handle = await dk.start_run(tenant, "sample", sha=bad, by="bob")
+    try:
+        with pytest.raises(RunFailed, match=rf"phase SMOKE failed: .*\(rolled back to {image_repo}:{good}\)"):
+            await dk.wait(handle.run_id)
+        running = service_containers(docker_api, tenant)
+        assert len(running) == 2 and {c["Config"]["Image"] for c in running} == {f"{image_repo}:{good}"}
+        assert all("GREETING=hi" in c["Config"]["Env"] for c in running)
+        st = await dk.status(handle.run_id)
+        assert st.rolled_back is not None and st.rolled_back.previous_image == f"{image_repo}:{bad}"
+        last = (await dk.deployments(tenant, "sample"))[-1]
+        assert (last.kind, last.image, last.started_by, last.failed_phase) == (
+            "auto_rollback", f"{image_repo}:{good}", "katkit", "SMOKE")
+        assert builders(docker_api, tenant) == []
+    finally:
+        for c in docker_api.containers(all=True, filters={"label": f"katkit.tenant={tenant}"}):
+            docker_api.remove_container(c["Id"], force=True)
+        for img in docker_api.images(name=image_repo):
+            docker_api.remove_image(img["Id"], force=True)

@@ -238,3 +238,67 @@ async def test_lock_state_is_visible_while_a_deploy_waits(kk3: Katkit, sha: str)
     assert [(lk.tenant, lk.service, lk.holder, lk.waiters) for lk in locks] == [("d-app", "taskrunner", None, [])]
     with pytest.raises(UnknownName, match="unknown tenant 'nope'"):  # a typo lists nothing: it is refused
         await kk3.locks(tenant="nope")
+
+
+SMOKE_TENANTS = """
+tenants:
+  - name: d-safe
+    env: DEV
+    on_post_deploy_failure: rollback
+    webhooks: ["{hook}"]
+  - {{name: d-plain, env: DEV}}
+links:
+  - {{repo: taskrunner, url: {url}, tenants: [d-safe, d-plain]}}
+"""
+SMOKE_CI = """#!/usr/bin/env bash
+set -eu
+if [ "$KATKIT_PHASE" = SMOKE ] && [ ! -f smoke_ok ]; then echo "smoke test: /health answered 500"; exit 5; fi
+echo "$KATKIT_PHASE ok"
+"""
+
+
+def smoke_files(ok: bool) -> dict[str, str | None]:
+    """BUILD, DEPLOY, then SMOKE (an execution phase after the deploy), which fails unless ``ok``."""
+    phases = [{"Name": n, "PhaseType": t, "BuildParams": "", "Order": o, "Parallelism": 1, "ContinerImage": None}
+              for n, t, o in (("BUILD", 4, 1), ("DEPLOY", 1, 2), ("SMOKE", 4, 3))]
+    return {"ci.sh": SMOKE_CI, "katkitconfig.js": json.dumps([{"EnvName": "default", "WorkFlow": phases}]),
+            "smoke_ok": "yes\n" if ok else None}
+
+
+async def test_a_failed_smoke_test_rolls_back_by_itself(client, settings, repo: Path, sha: str, home: Path,
+                                                         webhook) -> None:
+    url, events = webhook
+    kk = Katkit(client, settings, parse_config(SMOKE_TENANTS.format(url=repo, hook=url)))
+    platform = LocalPlatform(home / "services")
+    for t in ("d-safe", "d-plain"):
+        platform.put(t, RunningService(name="taskrunner", image="taskrunner:ancient", extra_config="GREETING=hi", replicas=3))
+    good = commit_files(repo, smoke_files(ok=True))
+    for t in ("d-safe", "d-plain"):
+        await kk.wait((await kk.start_run(t, "taskrunner", sha=good, by="dave")).run_id)
+    bad = commit_files(repo, smoke_files(ok=False))
+    handle = await kk.start_run("d-safe", "taskrunner", sha=bad, by="dave")
+    with pytest.raises(RunFailed, match=rf"phase SMOKE failed: .*\(rolled back to taskrunner:{good}\)"):
+        await kk.wait(handle.run_id)
+    st = await kk.status(handle.run_id)
+    assert st.status == "failed" and st.error.endswith(f"(rolled back to taskrunner:{good})")
+    assert st.deployed is not None and st.deployed.image == f"taskrunner:{bad}"
+    assert st.rolled_back is not None and (st.rolled_back.image, st.rolled_back.previous_image) == (
+        f"taskrunner:{good}", f"taskrunner:{bad}")
+    assert [(p.name, p.state) for p in st.phases] == [("BUILD", "succeeded"), ("DEPLOY", "succeeded"), ("SMOKE", "failed")]
+    running = platform.current(kk.config.tenant("d-safe"), "taskrunner")  # the previous image runs again, as it ran
+    assert (running.image, running.extra_config, running.replicas) == (f"taskrunner:{good}", "GREETING=hi", 3)
+    last = (await kk.deployments("d-safe", "taskrunner"))[-1]
+    assert (last.kind, last.image, last.previous_image, last.started_by, last.failed_phase, last.run_id) == (
+        "auto_rollback", f"taskrunner:{good}", f"taskrunner:{bad}", "katkit", "SMOKE", handle.run_id)
+    mine = {e["event"]: e for e in events if e["run_id"] == handle.run_id}  # each its own delivery: in any order
+    assert sorted(mine) == ["auto_rolled_back", "deployed", "failed"]
+    assert (mine["auto_rolled_back"]["image"], mine["auto_rolled_back"]["failed_phase"]) == (f"taskrunner:{good}", "SMOKE")
+    trail = await kk.audit(handle.run_id)  # the trail tells it, and agrees with the run
+    assert trail.consistent, trail.disagreements
+    assert any(e.what == "deployed" and e.text.startswith(f"auto_rollback: taskrunner:{good} runs") for e in trail.entries)
+    # a tenant that did not ask for it: the run fails, the new image stays
+    plain = await kk.start_run("d-plain", "taskrunner", sha=bad, by="dave")
+    with pytest.raises(RunFailed, match="phase SMOKE failed"):
+        await kk.wait(plain.run_id)
+    assert (await kk.status(plain.run_id)).rolled_back is None
+    assert platform.current(kk.config.tenant("d-plain"), "taskrunner").image == f"taskrunner:{bad}"

@@ -7,6 +7,7 @@ version the workflow with ``workflow.patched`` instead wherever running workflow
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -46,11 +47,20 @@ async def test_recorded_histories_replay() -> None:
     assert len(files) >= 10, "recorded histories are missing"
     assert any(f.name.startswith("gates1_") for f in files) and any(f.name.startswith("github1_") for f in files)
     assert any(f.name.startswith("ledger1_") for f in files)  # a DeployLock keeping a service's ledger
+    assert any(f.name.startswith("autorollback1_") for f in files)  # a smoke test failed: the previous image back
     assert {f.name for f in files} >= {"hosts1_dev_succeeded.json", "hosts1_host_gone.json"}  # shards on their host
     assert {f.name for f in files} >= {"arch1_deployed.json", "arch1_rollback.json", "arch1_rollback_unlinked.json"}
     assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_", "hosts1_", "arch1_")) for f in files)
-    histories = [WorkflowHistory.from_json(f.stem, f.read_text()) for f in files]
+    assert any(f.name.startswith("proof1_") for f in files)  # signed decisions (issue 17)
+    histories = [WorkflowHistory.from_json(_workflow_id(f), f.read_text()) for f in files]
     await assert_replays(histories)
+
+
+def _workflow_id(f: Path) -> str:
+    """The id a history ran under where it matters (a signed decision is bound to its run id), else the file's name."""
+    if not f.name.startswith("proof1_"):
+        return f.stem
+    return json.loads(f.read_text())["events"][0]["workflowExecutionStartedEventAttributes"]["workflowId"]
 
 
 async def assert_replays(histories: list[WorkflowHistory]) -> None:
@@ -182,3 +192,21 @@ async def test_rollback_histories_replay(kk: Katkit, repo: Path, sha: str, home:
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
         for name, history in zip(runs, histories):
             (HISTORIES / f"arch1_{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_autorollback_histories_replay(kk: Katkit, repo: Path, sha: str, home: Path) -> None:
+    """A smoke test after the deploy fails and katkit puts the previous image back (katkit-autorollback-1)."""
+    from tests.test_gates import SMOKE_TENANTS, smoke_files
+
+    ka = Katkit(kk.client, kk.settings, parse_config(SMOKE_TENANTS.format(url=repo, hook="http://127.0.0.1:9/nobody")))
+    LocalPlatform(home / "services").put("d-safe", RunningService(name="taskrunner", image="taskrunner:ancient"))
+    good = commit_files(repo, smoke_files(ok=True))
+    await ka.wait((await ka.start_run("d-safe", "taskrunner", sha=good, by="bob")).run_id)
+    bad = await ka.start_run("d-safe", "taskrunner", sha=commit_files(repo, smoke_files(ok=False)), by="bob")
+    with pytest.raises(RunFailed, match="rolled back to"):
+        await ka.wait(bad.run_id)
+    history = await kk.client.get_workflow_handle(bad.run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "autorollback1_rolled_back.json").write_text(history.to_json())

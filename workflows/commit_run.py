@@ -53,6 +53,8 @@ with workflow.unsafe.imports_passed_through():
 GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded before it replay without them
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
+AUTOROLLBACK_PATCH = "katkit-autorollback-1"  # on_post_deploy_failure: rollback puts the previous image back
+AUTO_ROLLBACK_ACTOR = "katkit"  # who the ledger says started an automatic rollback
 ROLLBACK_PHASE = Phase(name="ROLLBACK", type=PhaseType.DEPLOYMENT, order=1)
 
 
@@ -74,7 +76,8 @@ class CommitRun:
             run_id=workflow.info().workflow_id, tenant=inp.tenant.name, env=inp.tenant.env, repo=inp.repo,
             sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(), untrusted=inp.untrusted,
             approval=ApprovalState(required=policy.required, approvers=list(policy.approvers),
-                                   min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval),
+                                   min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval,
+                                   require_proof=policy.require_proof),
         )
         self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval,
                                   run_id=self._status.run_id, sha=inp.sha)
@@ -106,7 +109,12 @@ class CommitRun:
                 self._github.commit_status(p, "pending", "queued")
             for phase, state in zip(plan.phases, self._status.phases):
                 if phase.type == PhaseType.EXECUTION:
-                    await self._execute(phase, state, plan)
+                    try:
+                        await self._execute(phase, state, plan)
+                    except RunFailure as exc:
+                        if self._rolls_back_after(exc):  # a phase after the deploy failed: the previous image goes back
+                            raise RunFailure(await self._auto_rollback(state, str(exc))) from None
+                        raise
                 else:
                     await self._deploy(state, plan)
             self._finish(State.SUCCEEDED)
@@ -206,6 +214,40 @@ class CommitRun:
         self._end_phase(state, State.SUCCEEDED, f"deployed {result.image}")
         self._webhooks.send("rolled_back" if deploy.kind == DeployKind.ROLLBACK else "deployed", image=result.image,
                             previous_image=result.previous_image)
+
+    def _rolls_back_after(self, failure: RunFailure) -> bool:
+        """Whether a failed phase is to be answered by redeploying what ran before this run's deploy (the tenant's
+        ``on_post_deploy_failure: rollback``); runs recorded before the feature never get here with the option set."""
+        deployed = self._status.deployed
+        return (failure.status == State.FAILED and deployed is not None and deployed.previous_image is not None
+                and self._inp.tenant.on_post_deploy_failure == "rollback" and workflow.patched(AUTOROLLBACK_PATCH))
+
+    async def _auto_rollback(self, failed: PhaseState, why: str) -> str:
+        """Put the previous image back through the same deploy lock, with no new approval (recorded as by katkit, with
+        the failing phase); return the run's error line, which says what now runs."""
+        deployed = self._status.deployed
+        assert deployed is not None and deployed.previous_image is not None
+        image = deployed.previous_image
+        self._visibility.set(status=State.DEPLOYING, phase=f"{failed.name}: {DeployKind.AUTO_ROLLBACK}")
+        deploy = DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=self._inp.tenant,
+                             kind=DeployKind.AUTO_ROLLBACK, service=deployed.service, image=image, repo=self._inp.repo,
+                             started_by=AUTO_ROLLBACK_ACTOR, failed_phase=failed.name)
+        try:
+            result: DeployResult = await workflow.execute_activity_method(
+                DeployActivities.deploy, deploy,
+                start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"{deploy.kind} {deploy.service} -> {deploy.image} ({failed.name} failed)",
+            )
+        except ActivityError as exc:
+            cause = failure_text(exc)
+            failed.message = f"{failed.message}; the rollback to {image} failed: {cause}"
+            return f"{why} (the rollback to {image} failed: {cause})"
+        self._status.rolled_back = result
+        failed.message = f"{failed.message} (rolled back to {image})"
+        self._webhooks.send("auto_rolled_back", image=result.image, previous_image=result.previous_image,
+                            failed_phase=failed.name, error=why)
+        return f"{why} (rolled back to {image})"
 
     async def _await_approval(self, state: PhaseState) -> None:
         policy, approval = self._inp.tenant.approval, self._status.approval

@@ -79,6 +79,9 @@ def _gate(st: RunStatus) -> list[str]:
              f"- From a terminal: `katkit approve {st.run_id} --by <you>` "
              f"(or `katkit reject {st.run_id} --by <you> --reason ...`).",
              "- A refused decision is listed under Decisions below (refresh the page)."]
+    if a.require_proof:  # an unsigned signal from this page would be refused
+        lines[2:4] = [f"- Decisions must be signed (require_proof): `katkit approve {st.run_id} --by <you> --key "
+                      f"~/.ssh/id_ed25519` (or `katkit reject ... --reason ...`); an unsigned signal is refused."]
     return lines
 
 
@@ -91,6 +94,8 @@ def run_details(st: RunStatus, namespace: str, parent: str | None = None) -> str
              + (f" · {st.ref}" if st.ref else "")]
     if parent:
         lines.append(f"Step of promotion {workflow_link(namespace, parent)}")
+    if st.untrusted:
+        lines.append("A pull request from a fork: its ci.sh gets no secrets and no GitHub token.")
     if st.phases:
         lines += ["", "| phase | state | took | shards / detail |", "| --- | --- | --- | --- |"]
         for p in st.phases:
@@ -103,7 +108,9 @@ def run_details(st: RunStatus, namespace: str, parent: str | None = None) -> str
         lines += ["", "**Decisions**", ""]
         for d in st.approval.decisions:
             verdict = "accepted" if d.accepted else f"**refused**: {d.refused_because}"
-            lines.append(f"- {d.kind} by **{d.by}** at {d.at:%Y-%m-%d %H:%M:%S} UTC{f' — {d.text}' if d.text else ''} ({verdict})")
+            proof = f", {d.verification}" if d.verification else ""
+            lines.append(f"- {d.kind} by **{d.by}** at {d.at:%Y-%m-%d %H:%M:%S} UTC{f' — {d.text}' if d.text else ''} "
+                         f"({verdict}{proof})")
     if st.error:
         lines += ["", f"**{st.status}:** {st.error}"]
         for p in st.phases:
@@ -116,6 +123,10 @@ def run_details(st: RunStatus, namespace: str, parent: str | None = None) -> str
         dep = st.deployed
         lines += ["", f"**Deployed** `{dep.image}` ({dep.replicas} replica(s))"
                   + (f", previously `{dep.previous_image}`" if dep.previous_image else "")]
+    if st.rolled_back:
+        back = st.rolled_back
+        lines += ["", f"**Rolled back** by katkit to `{back.image}` ({back.replicas} replica(s)): a phase after the "
+                      "deploy failed (the tenant's `on_post_deploy_failure: rollback`)"]
     return "\n".join(lines)
 
 

@@ -237,6 +237,7 @@ class ApprovalState(Model):
     approvers: list[str] = Field(default_factory=list)
     min_approvals: int = 1
     allow_self_approval: bool = False
+    require_proof: bool = Field(False, description="decisions must be signed by the approver's key")
     awaiting: bool = False
     since: datetime | None = None
     approved_by: list[str] = Field(default_factory=list)

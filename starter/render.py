@@ -42,8 +42,9 @@ def how_to_decide(target: str, gate: ApprovalState | ApprovalPolicy, started_by:
     if not gate.allow_self_approval and (not gate.approvers or started_by in gate.approvers):
         need += f", not {started_by} who started it"
     prog = os.environ.get("KATKIT_PROG") or "katkit"  # as the user called it (./dev.sh says so)
-    return [f"approve: {prog} approve {target} --by <you>  ({need})",
-            f"reject:  {prog} reject {target} --by <you> --reason TEXT"]
+    key = " --key ~/.ssh/id_ed25519" if gate.require_proof else ""  # signed, or refused
+    return [f"approve: {prog} approve {target} --by <you>{key}  ({need})",
+            f"reject:  {prog} reject {target} --by <you>{key} --reason TEXT"]
 
 
 class PhasePrinter:
@@ -101,8 +102,10 @@ class PhasePrinter:
             if not d.accepted:
                 self._line(p.name, f"{d.kind} by {d.by} refused: {d.refused_because}")
             elif d.kind == "approve" and approval.min_approvals > 1:
-                self._line(p.name, f"approve by {d.by} accepted ({approvals} of {approval.min_approvals})"
-                                   + (f": {d.text}" if d.text else ""))
+                self._line(p.name, f"approve by {d.by} accepted ({approvals} of {approval.min_approvals}), "
+                                   f"{d.verification}" + (f": {d.text}" if d.text else ""))
+            elif d.verification.startswith("verified"):
+                self._line(p.name, f"{d.kind} by {d.by} {d.verification}")
         self._decisions = len(approval.decisions)
         if approval.outcome != self._outcome:
             self._outcome = approval.outcome
@@ -131,7 +134,8 @@ def status_table(st: RunStatus, url: str) -> Table:
         table.add_row(p.name, p.type, f"[{STYLE.get(p.state, '')}]{p.state}[/]", _took(p, now), detail)
     for d in st.approval.decisions:
         verdict = "accepted" if d.accepted else f"refused: {d.refused_because}"
-        table.add_row("", "decision", d.kind, d.at.strftime("%H:%M:%S"), f"{d.by}: {d.text} ({verdict})".strip())
+        proof = f", {d.verification}" if d.verification else ""
+        table.add_row("", "decision", d.kind, d.at.strftime("%H:%M:%S"), f"{d.by}: {d.text} ({verdict}{proof})".strip())
     return table
 
 

@@ -39,7 +39,7 @@ async def test_a_waiting_runs_page_says_who_must_approve_and_how_and_lists_refus
     await kk.approve(handle.run_id, "alice", "ship it")
     st = await kk.wait(handle.run_id)
     text = await page(kk, handle.run_id)
-    assert "approve by **alice**" in text and "ship it (accepted)" in text
+    assert "approve by **alice**" in text and "ship it (accepted, unverified)" in text
     assert f"**Deployed** `{st.deployed.image}`" in text and "Awaiting approval" not in text
     lock = await page(kk, deploy_lock_id(kk.settings.task_queue, "p-taskrunner", "taskrunner"))
     assert "### taskrunner in p-taskrunner: free" in lock and f"| deploy | `{st.deployed.image}` |" in lock

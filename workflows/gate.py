@@ -10,17 +10,22 @@ from datetime import datetime
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from katkit import proof
     from katkit.config import TenantConfig
     from katkit.models import ApprovalState, Decision, DecisionInput
     from katkit.states import Outcome
 
+UNVERIFIED = "unverified"
+
 
 class ApprovalGate:
-    def __init__(self, tenant: TenantConfig, started_by: str, state: ApprovalState) -> None:
+    def __init__(self, tenant: TenantConfig, started_by: str, state: ApprovalState,
+                 run_id: str = "", sha: str = "") -> None:
         self.policy = tenant.approval
         self.tenant = tenant.name
         self.started_by = started_by
         self.state = state
+        self.run_id, self.sha = run_id, sha  # what a signed decision must be signed for
 
     @property
     def decided(self) -> bool:
@@ -44,12 +49,49 @@ class ApprovalGate:
             return f"{by} has approved already ({len(self.state.approved_by)} of {policy.min_approvals} approvals)"
         return ""
 
+    def verification(self, kind: str, inp: DecisionInput, now: datetime) -> tuple[str, str]:
+        """What proves the decision is ``inp.by``'s ('ssh key SHA256:...' or 'unverified'), or why it is refused.
+
+        Pure and deterministic: the signature is checked against the keys in the run's own config snapshot, and its
+        age against ``now`` (workflow time). A proof that does not hold is always refused; no proof is refused only
+        under ``require_proof``."""
+        if inp.proof is None:
+            if self.policy.require_proof:
+                return UNVERIFIED, (f"tenant {self.tenant} requires a signed decision (require_proof) and this one is "
+                                    f"unsigned; sign it: katkit {kind} {self.run_id} --by {inp.by or '<you>'} "
+                                    "--key ~/.ssh/id_ed25519")
+            return UNVERIFIED, ""
+        identity = self.policy.identity(inp.by)
+        if identity is None or not identity.keys:
+            return UNVERIFIED, f"the decision is signed, but tenant {self.tenant} declares no keys for {inp.by}"
+        signed_at = inp.proof.signed_at
+        if signed_at.tzinfo is None:
+            return UNVERIFIED, "the proof's signed_at has no time zone"
+        if now - signed_at > proof.MAX_AGE:
+            return UNVERIFIED, (f"the signature is too old (signed {proof.utc_text(signed_at)}, more than "
+                                f"{proof.MAX_AGE.total_seconds() / 60:.0f} minutes before the run received it): "
+                                "a replayed signature? sign again")
+        if signed_at - now > proof.MAX_AHEAD:
+            return UNVERIFIED, f"the signature is dated in the future ({proof.utc_text(signed_at)}); check the signer's clock"
+        message = proof.decision_message(run_id=self.run_id, sha=self.sha, tenant=self.tenant, kind=kind, by=inp.by,
+                                         text=self.text_of(kind, inp), signed_at=signed_at)
+        try:
+            return f"ssh key {proof.verify(inp.proof.signature, message, identity.keys)}", ""
+        except proof.ProofError as exc:
+            return UNVERIFIED, f"the signature proves nothing: {exc}".replace("not one of theirs", f"not one of {inp.by}'s")
+
+    @staticmethod
+    def text_of(kind: str, inp: DecisionInput) -> str:
+        return inp.comment if kind == "approve" else (inp.reason or inp.comment)
+
     def decide(self, kind: str, inp: DecisionInput, now: datetime, run_status: str) -> Decision:
         """Record a decision (refused ones too) and move the gate when it is accepted."""
-        text = inp.comment if kind == "approve" else (inp.reason or inp.comment)
+        text = self.text_of(kind, inp)
         refused = self.refusal(kind, inp.by, run_status)
+        verified_by, unproven = self.verification(kind, inp, now)
+        refused = refused or unproven
         decision = Decision(kind=kind, by=inp.by, at=now, text=text,  # type: ignore[arg-type]
-                            accepted=not refused, refused_because=refused)
+                            accepted=not refused, refused_because=refused, verified_by=verified_by)
         self.state.decisions.append(decision)
         if refused:
             return decision
@@ -62,7 +104,7 @@ class ApprovalGate:
         return decision
 
     def time_out(self, now: datetime) -> Decision:
-        decision = Decision(kind="timeout", by="timeout", at=now,
+        decision = Decision(kind="timeout", by="timeout", at=now, verified_by="",
                             text=f"no decision within {self.policy.timeout}; on_timeout is {self.policy.on_timeout}")
         self.state.decisions.append(decision)
         self.state.outcome = Outcome.TIMED_OUT

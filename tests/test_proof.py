@@ -1,0 +1,248 @@
+"""Approvals you can trust (issue 17): a decision proves who made it.
+
+Real components: key pairs made by ``ssh-keygen``, signatures by ``katkit approve --key`` (``ssh-keygen -Y sign``),
+forged signals sent with Temporal's own CLI against the test dev server, and the run's gate verifying in the
+workflow. The gate's rules on age, key and context are also checked directly (pure, time passed in).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from katkit.config import KatkitConfig, Settings, parse_config
+from katkit.errors import BadInput
+from katkit.models import ApprovalState, DecisionInput, DecisionProof
+from katkit.proof import decision_message, sign_with_ssh_keygen, signer_fingerprint
+from katkit.sample import commit_files
+from katkit.temporal import temporal_binary
+from starter.api import Katkit
+from tests.conftest import status_is, wait_for
+from tests.test_hostile_input import cli, one_error_line
+from tests.test_replay import HISTORIES, assert_replays
+from tests.test_run_page import page
+from workflows.gate import ApprovalGate
+
+CONFIG = """
+tenants:
+  - name: p-sec
+    env: PROD
+    approval:
+      required: true
+      require_proof: true
+      approvers:
+        - {{name: alice, keys: ["{alice}"]}}
+        - {{name: bob, keys: ["{bob}"]}}
+  - name: p-open
+    env: PROD
+    approval:
+      required: true
+      approvers:
+        - {{name: alice, keys: ["{alice}"]}}
+        - carol
+links:
+  - {{repo: taskrunner, url: {url}, tenants: [p-sec, p-open]}}
+"""
+
+
+def keypair(tmp_path: Path, name: str) -> tuple[Path, str, str]:
+    """A fresh ed25519 key pair made by ssh-keygen: (private key file, public key line, fingerprint)."""
+    key = tmp_path / f"{name}_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@laptop", "-f", str(key)], check=True)
+    pub = Path(f"{key}.pub").read_text().strip()
+    fp = subprocess.run(["ssh-keygen", "-l", "-f", f"{key}.pub"], capture_output=True, text=True, check=True).stdout.split()[1]
+    return key, pub, fp
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> dict[str, tuple[Path, str, str]]:
+    return {name: keypair(tmp_path, name) for name in ("alice", "bob")}
+
+
+@pytest.fixture
+def proof_config_file(tmp_path: Path, repo: Path, sha: str, keys: dict[str, tuple[Path, str, str]]) -> Path:
+    path = tmp_path / "katkit-proof.yaml"
+    path.write_text(CONFIG.format(url=repo, alice=keys["alice"][1], bob=keys["bob"][1]))
+    return path
+
+
+@pytest.fixture
+def proof_config(proof_config_file: Path) -> KatkitConfig:
+    return parse_config(proof_config_file.read_text())
+
+
+@pytest.fixture
+def kp(client, settings: Settings, proof_config: KatkitConfig) -> Katkit:
+    return Katkit(client, settings, proof_config)
+
+
+async def _awaiting(kk: Katkit, tenant: str, sha: str) -> str:
+    handle = await kk.start_run(tenant, "taskrunner", sha=sha, by="dave")
+    await wait_for(lambda: status_is(kk, handle.run_id, "awaiting_approval"))
+    return handle.run_id
+
+
+async def _decisions(kk: Katkit, run_id: str, n: int) -> list:
+    async def enough():
+        st = await kk.status(run_id)
+        return st.approval.decisions if len(st.approval.decisions) >= n else None
+    return await wait_for(enough)
+
+
+def _record(name: str, history) -> None:
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / f"proof1_{name}.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_forged_signal_from_temporals_cli_is_refused_and_the_gate_stays_closed(
+        kp: Katkit, settings: Settings, sha: str, keys) -> None:
+    run_id = await _awaiting(kp, "p-sec", sha)
+    proc = await asyncio.create_subprocess_exec(
+        temporal_binary(), "workflow", "signal", "--address", settings.address, "--namespace", settings.namespace,
+        "--workflow-id", run_id, "--name", "approve", "--input", '{"by": "alice", "comment": "trust me"}',
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    [forged] = await _decisions(kp, run_id, 1)
+    assert not forged.accepted and forged.by == "alice" and forged.verification == "unverified"
+    assert "requires a signed decision (require_proof)" in forged.refused_because
+    await asyncio.sleep(0.5)
+    st = await kp.status(run_id)
+    assert st.status == "awaiting_approval" and st.approval.outcome == "" and st.approval.approved_by == []
+    with pytest.raises(BadInput, match="requires a signed decision"):  # the CLI's update is refused at once
+        await kp.approve(run_id, "alice", "trust me")
+    with pytest.raises(BadInput, match=r"signed by key SHA256:\S+, which is not one of alice's"):  # bob's key for alice
+        await kp.approve(run_id, "alice", key=str(keys["bob"][0]))
+    text = await page(kp, run_id)
+    assert "unverified" in text and f"Decisions must be signed (require_proof): `katkit approve {run_id} --by <you> " \
+        "--key ~/.ssh/id_ed25519`" in text
+    d = await kp.reject(run_id, "bob", "not like this", key=str(keys["bob"][0]))
+    assert d.accepted and d.verified_by == f"ssh key {keys['bob'][2]}"
+    with pytest.raises(Exception):
+        await kp.wait(run_id)
+    history = await kp.client.get_workflow_handle(run_id).fetch_history()
+    await assert_replays([history])
+    _record("forged_refused_signed_reject", history)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_signature_for_run_a_replayed_on_run_b_is_refused(kp: Katkit, repo: Path, sha: str, keys) -> None:
+    run_a = await _awaiting(kp, "p-sec", sha)
+    run_b = await _awaiting(kp, "p-sec", commit_files(repo, {"CHANGES.md": "b\n"}))
+    signed_for_a = await kp._signed(run_a, "approve", DecisionInput(by="alice", comment="ok"), "ok", str(keys["alice"][0]))
+    await kp.client.get_workflow_handle(run_b).signal("approve", signed_for_a)
+    [replayed] = await _decisions(kp, run_b, 1)
+    assert not replayed.accepted and "does not match this decision" in replayed.refused_because
+    assert (await kp.status(run_b)).status == "awaiting_approval"
+    await kp.client.get_workflow_handle(run_a).signal("approve", signed_for_a)  # where it belongs it proves alice
+    st = await kp.wait(run_a)
+    assert st.approval.decisions[-1].verified_by == f"ssh key {keys['alice'][2]}" and st.deployed is not None
+    await kp.cancel(run_b)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_key_made_by_ssh_keygen_signs_through_the_real_cli_and_opens_the_gate(
+        kp: Katkit, settings: Settings, proof_config_file: Path, sha: str, keys, capsys, monkeypatch) -> None:
+    run_id = await _awaiting(kp, "p-sec", sha)
+    code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "approve", run_id, "--by", "alice",
+                               "--comment", "ship it", "--key", str(keys["alice"][0]))
+    assert code == 0, err
+    assert f"approved by alice at " in out and f"(verified (ssh key {keys['alice'][2]}))" in out
+    st = await kp.wait(run_id)
+    [d] = st.approval.decisions
+    assert d.accepted and d.text == "ship it" and d.verified_by == f"ssh key {keys['alice'][2]}"
+    code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "status", run_id)
+    assert f"verified (ssh key {keys['alice'][2]})" in out
+    assert f"verified (ssh key {keys['alice'][2]})" in await page(kp, run_id)
+    history = await kp.client.get_workflow_handle(run_id).fetch_history()
+    await assert_replays([history])
+    _record("signed_cli_approved", history)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_without_require_proof_unsigned_decisions_work_and_say_unverified(kp: Katkit, sha: str, keys) -> None:
+    run_id = await _awaiting(kp, "p-open", sha)
+    d = await kp.approve(run_id, "carol", "fine")
+    assert d.accepted and d.verified_by == "unverified" and d.verification == "unverified"
+    st = await kp.wait(run_id)
+    assert st.deployed is not None
+    assert "(accepted, unverified)" in await page(kp, run_id)
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_key_file_that_is_not_a_key_is_one_line_exit_2(
+        kp: Katkit, settings: Settings, proof_config_file: Path, sha: str, tmp_path: Path, capsys, monkeypatch) -> None:
+    run_id = await _awaiting(kp, "p-sec", sha)
+    bad = tmp_path / "not-a-key"
+    bad.write_text("hello\n")
+    code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "approve", run_id, "--by", "alice",
+                               "--key", str(bad))
+    assert code == 2
+    one_error_line(err, f"cannot sign with {bad}", "ssh-keygen -t ed25519")
+    code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "approve", run_id, "--by", "alice",
+                               "--key", str(tmp_path / "missing"))
+    assert code == 2
+    one_error_line(err, "not found")
+    assert (await kp.status(run_id)).approval.decisions == []
+    await kp.cancel(run_id)
+
+
+@pytest.mark.parametrize("entry, needle", [
+    ('{name: alice, colour: red}', "approvers.0: unknown field 'colour'"),
+    ('{name: alice, keys: ["ssh-rsa AAAAB3NzaC1yc2E"]}', "'ssh-rsa' keys are not supported"),
+    ('{name: alice, keys: ["not a key at all"]}', "not an SSH public key"),
+])
+def test_a_bad_approver_entry_is_one_line_exit_2(entry: str, needle: str, capsys, monkeypatch, settings: Settings,
+                                                 tmp_path: Path, repo: Path) -> None:
+    from tests.test_cli import run_cli
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(f"tenants:\n  - name: p-x\n    env: PROD\n    approval: {{required: true, approvers: [{entry}]}}\n"
+                    f"links:\n  - {{repo: taskrunner, url: {repo}, tenants: [p-x]}}\n")
+    code, out, err = run_cli(capsys, monkeypatch, settings, path, "run", "--tenant", "p-x", "--repo", "taskrunner",
+                             "--branch", "main")
+    assert code == 2
+    one_error_line(err, needle)
+
+
+# -- the gate's rules, directly (pure: time passed in) ---------------------------------------------------------
+def _gate(config: KatkitConfig, tenant: str = "p-sec", run_id: str = "run-a", sha: str = "a" * 40) -> ApprovalGate:
+    return ApprovalGate(config.tenant(tenant), "dave", ApprovalState(required=True, awaiting=True), run_id=run_id, sha=sha)
+
+
+def _signed(key: Path, *, run_id: str = "run-a", sha: str = "a" * 40, tenant: str = "p-sec", kind: str = "approve",
+            by: str = "alice", text: str = "", at: datetime) -> DecisionInput:
+    sig = sign_with_ssh_keygen(str(key), decision_message(run_id=run_id, sha=sha, tenant=tenant, kind=kind, by=by,
+                                                          text=text, signed_at=at))
+    return DecisionInput(by=by, comment=text, proof=DecisionProof(signature=sig, signed_at=at, key=signer_fingerprint(sig)))
+
+
+def test_the_gate_refuses_old_future_foreign_and_mismatched_signatures(proof_config: KatkitConfig, keys) -> None:
+    now = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+    alice, alice_fp = keys["alice"][0], keys["alice"][2]
+    assert _gate(proof_config).verification("approve", _signed(alice, at=now - timedelta(minutes=9)), now) == \
+        (f"ssh key {alice_fp}", "")
+    cases = {
+        "too old": (_signed(alice, at=now - timedelta(minutes=11)), "too old"),
+        "in the future": (_signed(alice, at=now + timedelta(minutes=5)), "dated in the future"),
+        "another tenant": (_signed(alice, tenant="p-open", at=now), "does not match this decision"),
+        "another sha": (_signed(alice, sha="b" * 40, at=now), "does not match this decision"),
+        "another kind": (_signed(alice, kind="reject", at=now), "does not match this decision"),
+        "bob's key as alice": (_signed(keys["bob"][0], at=now), "not one of alice's"),
+        "unsigned": (DecisionInput(by="alice"), "requires a signed decision"),
+    }
+    for case, (inp, needle) in cases.items():
+        verified, why = _gate(proof_config).verification("approve", inp, now)
+        assert verified == "unverified" and needle in why, case
+    decision = _gate(proof_config).decide("approve", _signed(alice, at=now - timedelta(minutes=11)), now, "awaiting_approval")
+    assert not decision.accepted and "too old" in decision.refused_because  # recorded, with why
+    # no require_proof: unsigned is accepted as unverified, a bad signature is still refused
+    assert _gate(proof_config, "p-open").verification("approve", DecisionInput(by="carol"), now) == ("unverified", "")
+    assert "declares no keys for carol" in _gate(proof_config, "p-open").verification(
+        "approve", _signed(alice, by="carol", tenant="p-open", at=now), now)[1]

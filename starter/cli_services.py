@@ -54,8 +54,16 @@ HISTORY_COLUMNS = ("tenant", "service", "kind", "at", "ended_at", "sha", "image"
 
 
 def _decisions(found: list[RecordedDecision]) -> str:
-    return "; ".join(f"{d.by}" + (f" at {d.at.isoformat()}" if d.at else "") + (f": {d.comment}" if d.comment else "")
+    return "; ".join(f"{d.by}" + (f" at {d.at.isoformat()}" if d.at else "")
+                     + (f" ({d.verification})" if d.verification else "") + (f": {d.comment}" if d.comment else "")
                      for d in found)
+
+
+def _approved_by(r: DeploymentRecord) -> str:
+    """Who approved, each with what proved it (``alice (verified (ssh key SHA256:...))``) when the record says."""
+    if any(d.verification for d in r.approvals):
+        return ", ".join(f"{d.by} ({d.verification})" if d.verification else d.by for d in r.approvals)
+    return ", ".join(r.approved_by) or "-"
 
 
 def history_rows(tenant: str, found: dict[str, list[DeploymentRecord]]) -> list[dict[str, object]]:
@@ -107,7 +115,7 @@ async def history(tenant: str, service: str | None, since: str | None, as_json: 
     for name, records in found.items():
         for i, r in enumerate(reversed(records)):
             table.append((name, r.at.strftime("%Y-%m-%d %H:%M:%S"), r.kind, r.image, r.run_id, r.started_by,
-                          ", ".join(r.approved_by) or "-", "running now" if i == 0 else ""))
+                          _approved_by(r), "running now" if i == 0 else ""))
     print_table(table)
 
 

@@ -160,6 +160,8 @@ async def test_a_key_made_by_ssh_keygen_signs_through_the_real_cli_and_opens_the
     code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "status", run_id)
     assert f"verified (ssh key {keys['alice'][2]})" in out
     assert f"verified (ssh key {keys['alice'][2]})" in await page(kp, run_id)
+    code, out, err = await cli(capsys, monkeypatch, settings, proof_config_file, "history", "--tenant", "p-sec")
+    assert code == 0 and f"alice (verified (ssh key {keys['alice'][2]}))" in out, out + err
     history = await kp.client.get_workflow_handle(run_id).fetch_history()
     await assert_replays([history])
     _record("signed_cli_approved", history)

@@ -180,7 +180,7 @@ class CommitRun:
         return DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=inp.tenant, kind=kind,
                            service=service, image=image, sha=plan.sha, repo=inp.repo, description=desc,
                            started_by=inp.started_by, approved_by=list(self._status.approval.approved_by),
-                           approvals=[RecordedDecision(by=d.by, at=d.at, comment=d.text)
+                           approvals=[RecordedDecision(by=d.by, at=d.at, comment=d.text, verified_by=d.verified_by)
                                       for d in self._status.approval.decisions if d.accepted and d.kind == "approve"])
 
     async def _deploy(self, state: PhaseState, plan: RunPlan) -> None:

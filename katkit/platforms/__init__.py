@@ -33,6 +33,14 @@ class RecordedDecision(BaseModel):
     by: str
     at: datetime | None = None
     comment: str = ""
+    verified_by: str = Field("", description="what proved who decided: 'ssh key SHA256:...', 'github LOGIN', "
+                             "'unverified'; '' in records made before katkit checked")
+
+    @property
+    def verification(self) -> str:
+        """``verified (ssh key SHA256:...)``, ``unverified``, or '' when the record does not say."""
+        return "" if not self.verified_by else "unverified" if self.verified_by == "unverified" else \
+            f"verified ({self.verified_by})"
 
 
 class DeploymentRecord(BaseModel):

@@ -12,13 +12,45 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import translate_errors
-from katkit.config import LinkConfig
+from katkit.config import LinkConfig, WebhookTarget
+from katkit.errors import BadInput
+from katkit.secrets import resolve
 from katkit.models import GitHubReportInput, GitHubReportResult, NotifyInput
 from katkit.states import ErrorType
 
 NOTIFY_TIMEOUT_S = 5
 
 log = structlog.get_logger("katkit.activities")
+
+
+def target_url(target: WebhookTarget) -> str:
+    """The URL a webhook target names, resolved on this worker (a missing one: BadInput, one line)."""
+    if target.url is not None:
+        return target.url
+    ref = f"env:{target.url_env}" if target.url_env else f"file:{target.url_file}" if target.url_file else f"aws-sm:{target.aws_sm}"
+    url = resolve(ref, what=f"webhook {target.reference}")
+    if not url.startswith(("http://", "https://")):
+        raise BadInput(f"webhook {target.reference} does not hold an http(s) URL")
+    return url
+
+
+def slack_message(event: dict[str, object]) -> dict[str, object]:
+    """A Slack incoming-webhook message for a katkit event: what happened, where, and (waiting) who must approve."""
+    kind = str(event.get("event", ""))
+    run, url = str(event.get("run_id", "")), str(event.get("url", ""))
+    where = f"{event.get('repo')}@{str(event.get('sha', ''))[:12]} -> {event.get('tenant')}"
+    words = {"awaiting_approval": "is waiting for approval", "approved": "was approved", "rejected": "was rejected",
+             "timed_out": "timed out waiting for approval", "deployed": "deployed", "rolled_back": "rolled back",
+             "failed": "failed"}.get(kind, kind.replace("_", " "))
+    text = f"<{url}|{run}> {words}: {where}"
+    if kind == "awaiting_approval":
+        approvers = event.get("approvers") or []
+        who = ", ".join(str(a) for a in approvers) if isinstance(approvers, list) and approvers else "any approver"
+        text += f"\nWaiting for {who}: `katkit approve {run} --by <you>`"
+    for key in ("image", "by", "reason", "error"):
+        if event.get(key):
+            text += f"\n{key}: {event[key]}"
+    return {"text": text}
 
 
 class ReportActivities:
@@ -33,21 +65,24 @@ class ReportActivities:
         return f"{self.ui_url}/namespaces/{ns}/workflows/{urllib.parse.quote(run_id, safe='')}"
 
     @activity.defn(name="notify")
+    @translate_errors
     def notify(self, inp: NotifyInput) -> None:
-        """POST the event as JSON to each webhook; a failing one is retried, then given up (never fails a run)."""
+        """POST the event to each webhook (katkit's JSON, or a Slack message); a failing one is retried, then given up
+        (never fails a run). A target's reference is resolved here: its URL is never in history or a log."""
         event = dict(inp.event)
         if event.get("run_id"):
             event["url"] = self._run_url(str(event["run_id"]))
-        body = json.dumps(event).encode()
         failed = []
-        for url in inp.urls:
+        for target in [*(WebhookTarget(url=u) for u in inp.urls), *inp.targets]:
+            url = target_url(target)
+            body = json.dumps(slack_message(event) if target.format == "slack" else event).encode()
             req = urllib.request.Request(url, data=body, method="POST",
                                          headers={"Content-Type": "application/json", "User-Agent": "katkit"})
             try:
                 with urllib.request.urlopen(req, timeout=NOTIFY_TIMEOUT_S) as resp:
                     resp.read()
-            except (OSError, ValueError) as exc:
-                failed.append(f"{url}: {exc}")
+            except (OSError, ValueError) as exc:  # the reason, never the URL (a Slack URL's path is its token)
+                failed.append(f"{target.reference}: {getattr(exc, 'reason', None) or getattr(exc, 'code', None) or type(exc).__name__}")
         if failed:
             raise ApplicationError(f"webhook delivery failed: {'; '.join(failed)[:300]}", type=ErrorType.WEBHOOK_FAILED)
 

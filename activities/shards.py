@@ -27,6 +27,7 @@ from katkit.logstore import LogStore, tail
 from katkit.models import CheckoutInput, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
 from katkit.names import log_key
 from katkit.plan import check_run, read_plan
+from katkit.secrets import Masker, resolve
 
 LOG_CHUNK = 1 << 20
 POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
@@ -60,6 +61,17 @@ class _Writers:
 _log_writers = _Writers()
 
 
+def _resume_position(details: object, fresh: bool, base: int) -> tuple[int, int]:
+    """Where a shard's log continues: (bytes of the builder's log taken, bytes of the store written), as the last
+    attempt heartbeated them; a fresh builder starts after its note (``base``). Older attempts heartbeated one
+    offset: the store then held ``base`` + that many bytes."""
+    if fresh or not isinstance(details, (list, tuple)) or not details:
+        return 0, base
+    if len(details) >= 2:
+        return int(details[0]), int(details[1])
+    return int(details[0]), int(details[0]) + base
+
+
 def _cancel_reason(details: activity.ActivityCancellationDetails | None) -> str:
     if details is None:
         return "unknown"
@@ -67,16 +79,40 @@ def _cancel_reason(details: activity.ActivityCancellationDetails | None) -> str:
                      if getattr(details, k)) or "unknown"
 
 
-def contract_env(inp: ShardInput, github_token: str | None = None) -> dict[str, str]:
-    """What ci.sh sees: the BuildParams, then the contract's KATKIT_* variables (which win).
+def trusted(inp: ShardInput) -> bool:
+    """Whether the shard may have secrets and the GitHub token: not for a fork's pull request, unless the tenant
+    says so (``secrets_for_fork_prs``)."""
+    return not inp.untrusted or inp.tenant.secrets_for_fork_prs
 
-    The worker's GitHub token only when the tenant asks for it (``github.token_to_builder``) and the link is
-    on GitHub: a builder that clones another host never has it.
-    """
-    token = inp.link.github_token(github_token) if inp.tenant.github.token_to_builder else None
+
+def builder_token(inp: ShardInput, github_token: str | None) -> str | None:
+    """The worker's GitHub token for ci.sh: when the tenant asks for it (``github.token_to_builder``), the link is on
+    GitHub (a builder that clones another host never has it) and the code is trusted."""
+    if not inp.tenant.github.token_to_builder or not trusted(inp):
+        return None
+    return inp.link.github_token(github_token)
+
+
+def resolve_secrets(inp: ShardInput) -> dict[str, str]:
+    """The tenant's secrets for this phase, resolved on this worker (``katkit.secrets``): a missing one is one line
+    naming the tenant, the secret and its reference (the phase fails; not retried)."""
+    tenant = inp.tenant
+    if not tenant.secrets or not trusted(inp):
+        return {}
+    if tenant.phases_with_secrets is not None and inp.phase.name not in tenant.phases_with_secrets:
+        return {}
+    return {name: resolve(ref, what=f"secret {name} of tenant {tenant.name}", region=tenant.ecs.region)
+            for name, ref in sorted(tenant.secrets.items())}
+
+
+def contract_env(inp: ShardInput, github_token: str | None = None, secrets: dict[str, str] | None = None) -> dict[str, str]:
+    """What ci.sh sees: the BuildParams, the tenant's secrets, then the contract's KATKIT_* variables (which win),
+    and the GitHub token when the tenant gives it (``builder_token``)."""
+    token = builder_token(inp, github_token)
     secret = {"GITHUB_TOKEN": token} if token else {}
     return {
         **inp.phase.build_params,
+        **(secrets or {}),
         "KATKIT_SHA": inp.sha,
         "KATKIT_PHASE": inp.phase.name,
         "KATKIT_ENV": inp.tenant.env,
@@ -139,6 +175,9 @@ class ShardActivities:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         builder = self._builders(inp.tenant)
+        secrets = resolve_secrets(inp)  # at the edge: values live in this activity and the builder's env, nowhere else
+        token = builder_token(inp, self._github_token)
+        masker = Masker([*secrets.values(), *([token] if token else [])])
         spec = BuilderSpec(
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
@@ -147,7 +186,7 @@ class ShardActivities:
                     "katkit.task_queue": installation_queue(activity.info().task_queue),
                     "katkit.generation": str(inp.generation)},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
-            env=contract_env(inp, self._github_token), image=inp.phase.image, local_fleet=inp.local_fleet,
+            env=contract_env(inp, self._github_token, secrets), image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
         )
         attempt = activity.info().attempt
@@ -167,16 +206,15 @@ class ShardActivities:
             log.info("builder started" if fresh else "builder re-attached", builder=name)
             # the log continues from what this builder produced, as the last attempt reported it, never from the
             # store's size (which may hold what another builder or a note wrote)
-            details = activity.info().heartbeat_details
-            offset = int(details[0]) if details and not fresh else 0
             note = f"[katkit] {inp.log_note}\n".encode() if inp.log_note else b""
+            pos = _resume_position(activity.info().heartbeat_details, fresh, len(note))
             if fresh and note:  # why this builder is a new one (its host did not come back), then its own log
                 self.log_store.write_at(key, 0, note)
             deadline = inp.deadline.timestamp()
             waited = False
             while True:
                 state = builder.state(name)
-                offset = self._pump(builder, name, key, offset, attempt, base=len(note))
+                pos = self._pump(builder, name, key, pos, attempt, masker, final=not state.running)
                 if not state.running:
                     break
                 if time.time() >= deadline:
@@ -186,10 +224,10 @@ class ShardActivities:
                         builder=name, exit_code=TIMED_OUT_EXIT, log_key=key, started_at=started_at,
                         ended_at=datetime.now(timezone.utc), reattached=not fresh,
                         message=f"timed out after the phase timeout of {timeout_s:.0f} s"))
-                    builder.remove(name, progress=lambda: activity.heartbeat(offset))
+                    builder.remove(name, progress=lambda: activity.heartbeat(*pos))
                     return result
                 if waited:  # most no-op phases end within the first wait: no heartbeat RPC for them
-                    activity.heartbeat(offset)
+                    activity.heartbeat(*pos)
                 builder.wait(name, POLL_S)
                 waited = True
             code = state.exit_code if state.exit_code is not None else -1
@@ -228,23 +266,29 @@ class ShardActivities:
         never reached the server is followed by one that finds it here instead of running ci.sh again. A failed
         shard's result carries its last log lines (its run's page and the CLI show them)."""
         if result.exit_code != 0:
-            text = tail(self.log_store, key)
-            result.log_tail = text.replace(self._github_token, "***") if self._github_token else text
+            result.log_tail = tail(self.log_store, key)  # masked already, as all the store holds
         self.log_store.finish(key, result.model_dump_json())
         return result
 
-    def _pump(self, builder: Builder, name: str, key: str, offset: int, attempt: int, base: int = 0) -> int:
-        """Copy the builder's log from ``offset`` into the store (at ``base + offset``); return the new offset."""
+    def _pump(self, builder: Builder, name: str, key: str, pos: tuple[int, int], attempt: int, masker: Masker,
+              final: bool) -> tuple[int, int]:
+        """Copy the builder's log into the store, every secret masked; ``pos`` is (bytes of the builder's log taken,
+        bytes of the store written). Bytes that may begin a secret still being written are held back (read again
+        next time) until more follows or the builder has ended (``final``): a value split across reads is masked."""
+        read, written = pos
         while True:
             if _log_writers.superseded(key, attempt):
                 raise CancelledError("a newer attempt of this shard writes its log now")
-            chunk = builder.read_log(name, offset, LOG_CHUNK)
+            chunk = builder.read_log(name, read, LOG_CHUNK)
             if not chunk:
-                return offset
-            self.log_store.write_at(key, base + offset, chunk)
-            offset += len(chunk)
-            if len(chunk) < LOG_CHUNK:
-                return offset
+                return read, written
+            cut = masker.safe_prefix(chunk, final and len(chunk) < LOG_CHUNK)
+            out = masker.mask_bytes(chunk[:cut])
+            if out:
+                self.log_store.write_at(key, written, out)
+            read, written = read + cut, written + len(out)
+            if cut < len(chunk) or len(chunk) < LOG_CHUNK:
+                return read, written
 
     def _note(self, key: str, text: str) -> None:
         line = f"[katkit] {text}\n".encode()

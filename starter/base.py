@@ -146,7 +146,8 @@ class KatkitBase:
 
     # -- starting --------------------------------------------------------------------------------------
     def prepare_run(self, tenant: str, repo: str, *, sha: str | None = None, branch: str | None = None,
-                    pr: int | None = None, by: str | None = None, ref: str | None = None) -> CommitRunInput:
+                    pr: int | None = None, by: str | None = None, ref: str | None = None,
+                    untrusted: bool = False) -> CommitRunInput:
         """Resolve the ref and check the run as its checkout will (``katkit.plan.check_run``), starting nothing."""
         if [sha, branch, pr].count(None) != 2:
             raise BadInput("give exactly one of --sha, --branch or --pr")
@@ -166,7 +167,8 @@ class KatkitBase:
         if plan.service is not None:
             get_platform(tenant_cfg.platform, self.settings.home)  # a platform this katkit has (or one line why not)
         ref = ref or (f"branch {branch}" if branch else f"pr {pr}" if pr else f"sha {sha}")
-        return CommitRunInput(tenant=tenant_cfg, link=link, sha=full, ref=ref, started_by=by or getpass.getuser())
+        return CommitRunInput(tenant=tenant_cfg, link=link, sha=full, ref=ref, started_by=by or getpass.getuser(),
+                              untrusted=untrusted)
 
     async def start_prepared(self, inp: CommitRunInput, run_id: str | None = None) -> RunHandle:
         run_id = run_id or commit_run_id(inp.tenant.name, inp.repo, inp.sha)

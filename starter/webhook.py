@@ -69,6 +69,7 @@ class Target:
     sha: str
     by: str
     ref: str
+    untrusted: bool = False  # a pull request from a fork: its ci.sh gets no secrets and no GitHub token
 
 
 @dataclass
@@ -100,9 +101,12 @@ class WebhookApp:
             pr = payload.get("pull_request") or {}
             base, head = pr.get("base") or {}, pr.get("head") or {}
             by = f"github:{(pr.get('user') or {}).get('login', '?')}"
+            base_repo, head_repo = (base.get("repo") or {}).get("full_name"), (head.get("repo") or {}).get("full_name")
+            fork = not head_repo or head_repo != base_repo  # a deleted fork has no head repo: not trusted either
             for link in config.links:
                 if _same_repo(link, (base.get("repo") or {}).get("full_name")) and base.get("ref") == link.branch:
-                    found += [Target(t, link.repo, head["sha"], by, f"pr {pr.get('number')}")
+                    found += [Target(t, link.repo, head["sha"], by, f"pr {pr.get('number')}" + (" (fork)" if fork else ""),
+                                     untrusted=fork)
                               for t in link.tenants if config.tenant(t).github.pull_requests]
         return found
 
@@ -125,7 +129,7 @@ class WebhookApp:
         started, errors, infra = [], [], False
         for t in self.targets(event, payload):
             try:
-                handle = await self.kk.start_run(t.tenant, t.repo, sha=t.sha, by=t.by, ref=t.ref)
+                handle = await self.kk.start_run(t.tenant, t.repo, sha=t.sha, by=t.by, ref=t.ref, untrusted=t.untrusted)
                 started.append(handle.run_id)
                 log.info("run started by webhook", delivery=delivery, run_id=handle.run_id, existing=handle.existing)
             except KatkitError as exc:

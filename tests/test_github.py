@@ -334,13 +334,24 @@ async def test_webhook_verifies_signatures_starts_runs_once_per_delivery(
         pr_sha = commit_files(work, {"README.md": "from a PR\n"})
         fake_gh.push(FULL, work, "HEAD:refs/pull/9/head")
         pr = json.dumps({"action": "opened", "number": 9, "pull_request": {
-            "number": 9, "user": {"login": "erin"}, "head": {"sha": pr_sha, "ref": "f"},
+            "number": 9, "user": {"login": "erin"}, "head": {"sha": pr_sha, "ref": "f", "repo": {"full_name": FULL}},
             "base": {"ref": "main", "repo": {"full_name": FULL}}}}).encode()
         code, body = await call(pr, {"X-GitHub-Event": "pull_request", "X-GitHub-Delivery": str(uuid.uuid4()),
                                      "X-Hub-Signature-256": signed(pr)})
         assert code == 202 and len(body["started"]) == 1
         st = await finished(gh_kk, body["started"][0])
-        assert st.sha == pr_sha and st.ref == "pr 9" and st.tenant == "d-app"
+        assert st.sha == pr_sha and st.ref == "pr 9" and st.tenant == "d-app" and not st.untrusted
+
+        fork_sha = commit_files(work, {"README.md": "from a fork\n"})
+        fake_gh.push(FULL, work, "HEAD:refs/pull/10/head")
+        fork = json.dumps({"action": "opened", "number": 10, "pull_request": {
+            "number": 10, "user": {"login": "mallory"}, "head": {"sha": fork_sha, "ref": "f", "repo": {"full_name": "mallory/fork"}},
+            "base": {"ref": "main", "repo": {"full_name": FULL}}}}).encode()
+        code, body = await call(fork, {"X-GitHub-Event": "pull_request", "X-GitHub-Delivery": str(uuid.uuid4()),
+                                       "X-Hub-Signature-256": signed(fork)})
+        assert code == 202 and len(body["started"]) == 1
+        st = await finished(gh_kk, body["started"][0])
+        assert st.untrusted and st.ref == "pr 10 (fork)"  # a fork's code gets no secrets and no GitHub token
     finally:
         server.shutdown()
         server.server_close()

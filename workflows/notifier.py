@@ -10,6 +10,7 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.reports import ReportActivities
+    from katkit.config import WebhookTarget
     from katkit.models import NotifyInput, RunStatus
 
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
@@ -21,8 +22,8 @@ class WebhookNotifier:
     """Posts ``{"event": ..., "run_id": ..., ...}`` to each of the tenant's webhooks, one activity per URL (a dead
     one's retries resend nothing to the others). ``flush`` waits for what is still on its way."""
 
-    def __init__(self, urls: list[str], status: RunStatus, *, enabled: bool) -> None:
-        self.urls = urls if enabled else []
+    def __init__(self, targets: list[WebhookTarget], status: RunStatus, *, enabled: bool) -> None:
+        self.targets = targets if enabled else []
         self.status = status
         self._sending: list[asyncio.Future[None]] = []
 
@@ -30,9 +31,9 @@ class WebhookNotifier:
         st = self.status
         payload = {"event": event, "run_id": st.run_id, "tenant": st.tenant, "repo": st.repo, "sha": st.sha,
                    "phase": st.phase, "at": workflow.now().isoformat(), **detail}
-        for url in self.urls:
+        for target in self.targets:  # a reference travels, never the URL it points at
             self._sending.append(workflow.start_activity_method(
-                ReportActivities.notify, NotifyInput(urls=[url], event=payload),
+                ReportActivities.notify, NotifyInput(targets=[target], event=payload),
                 start_to_close_timeout=NOTIFY_TIMEOUT, schedule_to_close_timeout=NOTIFY_BUDGET,
                 retry_policy=NOTIFY_RETRY, summary=f"webhook: {event}",
             ))

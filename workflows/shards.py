@@ -70,7 +70,7 @@ class ShardRunner:
                 ShardActivities.run_shard,
                 ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant,
                            link=link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
-                           deadline=deadline, generation=shard.generation, log_note=note),
+                           deadline=deadline, generation=shard.generation, log_note=note, untrusted=self.inp.untrusted),
                 start_to_close_timeout=self.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
                 heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,

@@ -110,7 +110,8 @@ class LocalBuilder:
         d.mkdir(parents=True, exist_ok=True)
         base_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
         env = {**base_env, "HOME": str(d), **spec.env}
-        body = spec.model_dump(mode="json", exclude={"env"}) | {"env": env, "workspace": str(d / "workspace")}
+        # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk
+        body = spec.model_dump(mode="json", exclude={"env"}) | {"workspace": str(d / "workspace")}
         if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
             body["repo_url"] = spec.mirror_path
         (d / "spec.json.tmp").write_text(json.dumps(body))

@@ -125,6 +125,8 @@ class ApprovalPolicy(Strict):
                                        "from the {name, keys, github} entries of approvers)")
     require_proof: bool = Field(False, description="a decision must be signed by the approver's key (or come from "
                                 "their GitHub login); unsigned ones are refused")
+    webhook_key: str | None = Field(None, description="the public key (ssh-ed25519) `katkit webhook` signs decisions "
+                                    "from GitHub comments with (its private half: KATKIT_WEBHOOK_SIGNING_KEY)")
     min_approvals: int = Field(1, ge=1, description="distinct approvals needed (quorum)")
     allow_self_approval: bool = False
     timeout: Duration | None = None
@@ -141,14 +143,19 @@ class ApprovalPolicy(Strict):
         if self.approvers and self.min_approvals > len(self.approvers):
             raise ValueError(f"min_approvals {self.min_approvals} is more than the {len(self.approvers)} approvers; "
                              "lower it or add approvers")
+        if self.webhook_key is not None:
+            try:
+                public_key_blob(self.webhook_key)
+            except ProofError as exc:
+                raise ValueError(f"webhook_key: {exc}") from None
         if self.require_proof:
-            provable = {a.name for a in self.identities if a.keys or a.github}
+            provable = {a.name for a in self.identities if a.keys or (a.github and self.webhook_key)}
             if not self.approvers:
                 raise ValueError("require_proof needs approvers with keys or a github login; list them under approvers")
             unprovable = [n for n in self.approvers if n not in provable]
             if unprovable:
-                raise ValueError(f"require_proof: approver {unprovable[0]!r} has no keys and no github login, so could "
-                                 "never decide; give them keys: [...] or github: LOGIN")
+                raise ValueError(f"require_proof: approver {unprovable[0]!r} has no keys and no github login (with "
+                                 "webhook_key), so could never decide; give them keys: [...] or github: LOGIN")
         return self
 
     def identity(self, name: str) -> Approver | None:
@@ -479,6 +486,9 @@ class Settings(BaseSettings):
     lock_watchdog: float = Field(30.0, gt=0, description="seconds between checks that deploy lock holders still run")
     github_token: str | None = Field(None, repr=False, description="GitHub token: API calls and git over HTTPS")
     github_webhook_secret: str | None = Field(None, repr=False, description="the secret GitHub signs webhook deliveries with")
+    webhook_signing_key: Path | None = Field(None, description="the SSH ed25519 private key `katkit webhook` signs "
+                                             "approvals from GitHub comments with (tenants list its public key as "
+                                             "approval.webhook_key)")
 
     @property
     def host_queue(self) -> str:

@@ -103,6 +103,14 @@ class GitHubRepo:
                     for p in self.repo.get_pulls(state="open", base=self.home_branch, sort="created", direction="desc")]
         return self.call(f"open pull requests of {self.full_name}", fetch)
 
+    # -- answers to comments (decisions from GitHub) --------------------------------------------------
+    def reply(self, body: str, *, pull: int | None = None, sha: str | None = None) -> None:
+        """A comment on PR ``pull`` (its conversation) or on commit ``sha``."""
+        if pull is not None:
+            self.call(f"a comment on pull request #{pull}", lambda: self.repo.get_issue(pull).create_comment(body))
+        elif sha:
+            self.call(f"a comment on {sha[:12]}", lambda: self.repo.get_commit(sha).create_comment(body))
+
     # -- what katkit did ----------------------------------------------------------------------------------
     def commit_status(self, sha: str, update: GitHubUpdate, target_url: str) -> None:
         self.call(f"status {update.context} on {sha[:12]}", lambda: self.repo.get_commit(sha).create_status(

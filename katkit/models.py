@@ -169,6 +169,8 @@ class DecisionProof(Model):
     signature: str = Field(description="the armored SSHSIG signature (ssh-keygen -Y sign -n katkit)")
     signed_at: datetime = Field(description="when it was signed (part of the signed message)")
     key: str = Field("", description="the signing key's fingerprint, SHA256:... (informative; the signature holds the key)")
+    github: str = Field("", description="a decision from a GitHub comment: the commenter's login, vouched for by "
+                        "`katkit webhook`'s signature (the tenant's approval.webhook_key)")
 
 
 class DecisionInput(Model):

@@ -29,10 +29,15 @@ class ProofError(ValueError):
     """A key or signature that cannot be read, or a signature that does not prove the decision."""
 
 
-def decision_message(*, run_id: str, sha: str, tenant: str, kind: str, by: str, text: str, signed_at: datetime) -> bytes:
-    """The bytes an approver signs: the decision bound to its run, sha and tenant, and the time it was signed."""
-    return json.dumps({"katkit": "decision/1", "run_id": run_id, "sha": sha, "tenant": tenant, "kind": kind, "by": by,
-                       "text": text, "signed_at": utc_text(signed_at)}, sort_keys=True, separators=(",", ":")).encode()
+def decision_message(*, run_id: str, sha: str, tenant: str, kind: str, by: str, text: str, signed_at: datetime,
+                     github: str = "") -> bytes:
+    """The bytes an approver signs: the decision bound to its run, sha and tenant, and the time it was signed.
+    ``github``: the login whose comment ``katkit webhook`` vouches for (it signs those)."""
+    fields = {"katkit": "decision/1", "run_id": run_id, "sha": sha, "tenant": tenant, "kind": kind, "by": by,
+              "text": text, "signed_at": utc_text(signed_at)}
+    if github:
+        fields["github"] = github
+    return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
 
 def utc_text(at: datetime) -> str:

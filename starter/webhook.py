@@ -27,6 +27,7 @@ import structlog
 from katkit.config import LinkConfig
 from katkit.errors import InfraError, KatkitError
 from starter.api import Katkit
+from starter.github_comments import COMMENT_EVENTS, CommentDecisions, parse_comment
 
 log = structlog.get_logger("katkit.webhook")
 MAX_BODY = 25 * 1024 * 1024  # GitHub caps payloads at 25 MB
@@ -126,6 +127,11 @@ class WebhookApp:
         if not self.deliveries.claim(delivery, event):
             log.info("delivery seen before: nothing started", delivery=delivery, github_event=event)
             return Outcome(200, {"duplicate": delivery, "started": []})
+        if event in COMMENT_EVENTS:  # /katkit approve|reject TENANT: a decision vouched for by GitHub
+            command = parse_comment(event, payload)
+            if command is None:
+                return Outcome(200, {"ignored": "no /katkit command"})
+            return Outcome(*await CommentDecisions(self.kk).handle(command))
         started, errors, infra = [], [], False
         for t in self.targets(event, payload):
             try:

@@ -39,6 +39,7 @@ class FakeRepo:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     deployments: list[dict[str, Any]] = field(default_factory=list)  # newest last
     deployment_statuses: dict[int, list[dict[str, Any]]] = field(default_factory=dict)  # newest last
+    comments: list[dict[str, Any]] = field(default_factory=list)  # katkit's replies: {"on": "pull 7" | "commit SHA", "body"}
 
 
 class FakeGitHub:
@@ -194,6 +195,12 @@ class FakeGitHub:
                 status = {"id": next(self._ids), "sha": s.group(1), **call.body, "created_at": _now()}
                 repo.statuses.append(status)
                 return 201, {**status, "url": f"{repo_url}/statuses/{s.group(1)}"}
+            if call.method == "POST" and (c := re.match(r"^/(issues/\d+|commits/[0-9a-f]{40})/comments$", rest)):
+                on = c.group(1).replace("issues/", "pull ").replace("commits/", "commit ")
+                comment = {"id": next(self._ids), "body": call.body["body"], "user": {"login": "katkit-bot"},
+                           "created_at": _now(), "url": f"{repo_url}/{c.group(1)}/comments"}
+                repo.comments.append({"on": on, **comment})
+                return 201, comment
             if call.method == "GET" and rest == "/deployments":
                 found = [d for d in reversed(repo.deployments)
                          if all(d.get(k) == call.query[k] for k in ("sha", "environment") if k in call.query)]

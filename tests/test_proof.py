@@ -8,8 +8,10 @@ workflow. The gate's rules on age, key and context are also checked directly (pu
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
+import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from katkit.sample import commit_files
 from katkit.temporal import temporal_binary
 from starter.api import Katkit
 from tests.conftest import status_is, wait_for
+from tests.test_github import fake_gh, work  # noqa: F401 - fixtures: the local GitHub and its repository
 from tests.test_hostile_input import cli, one_error_line
 from tests.test_replay import HISTORIES, assert_replays
 from tests.test_run_page import page
@@ -81,8 +84,8 @@ def kp(client, settings: Settings, proof_config: KatkitConfig) -> Katkit:
     return Katkit(client, settings, proof_config)
 
 
-async def _awaiting(kk: Katkit, tenant: str, sha: str) -> str:
-    handle = await kk.start_run(tenant, "taskrunner", sha=sha, by="dave")
+async def _awaiting(kk: Katkit, tenant: str, sha: str, repo: str = "taskrunner") -> str:
+    handle = await kk.start_run(tenant, repo, sha=sha, by="dave")
     await wait_for(lambda: status_is(kk, handle.run_id, "awaiting_approval"))
     return handle.run_id
 
@@ -248,3 +251,107 @@ def test_the_gate_refuses_old_future_foreign_and_mismatched_signatures(proof_con
     assert _gate(proof_config, "p-open").verification("approve", DecisionInput(by="carol"), now) == ("unverified", "")
     assert "declares no keys for carol" in _gate(proof_config, "p-open").verification(
         "approve", _signed(alice, by="carol", tenant="p-open", at=now), now)[1]
+
+
+# -- GitHub as the identity provider: /katkit comments through the real `katkit webhook` -------------------------
+def _github_config(fake_gh, webhook_pub: str) -> str:
+    from tests.test_github import FULL
+
+    return f"""
+tenants:
+  - name: p-app
+    env: PROD
+    approval:
+      required: true
+      require_proof: true
+      approvers: [{{name: bob, github: bob-gh}}]
+      webhook_key: "{webhook_pub}"
+github: {{api_url: "{fake_gh.api_url}"}}
+links:
+  - {{repo: app, url: "{fake_gh.git_url(FULL)}", github: {FULL}, branch: main, tenants: [p-app]}}
+"""
+
+
+async def test_a_github_comment_from_an_approver_opens_the_gate_and_one_from_a_stranger_does_not(
+        client, settings: Settings, tmp_path: Path, fake_gh, work: Path) -> None:
+    import socket
+
+    from tests.conftest import cli_env, in_process_worker
+    from tests.test_github import FULL, KATKIT, SECRET, TOKEN, post, signed
+
+    hook_key, hook_pub, hook_fp = keypair(tmp_path, "webhook")
+    gh_settings = settings.model_copy(update={"github_token": TOKEN})
+    config_file = tmp_path / "gh-proof.yaml"
+    config_file.write_text(_github_config(fake_gh, hook_pub))
+    kk = Katkit(client, gh_settings, parse_config(config_file.read_text()))
+    sha = fake_gh.repos[FULL].branches["main"]
+    fake_gh.add_pull(FULL, 7, sha)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**cli_env(gh_settings, config_file), "KATKIT_GITHUB_TOKEN": TOKEN, "KATKIT_GITHUB_WEBHOOK_SECRET": SECRET,
+           "KATKIT_WEBHOOK_SIGNING_KEY": str(hook_key)}
+    async with in_process_worker(client, gh_settings):
+        run_id = await _awaiting(kk, "p-app", sha, repo="app")
+        proc = subprocess.Popen([*KATKIT, "webhook", "--port", str(port)], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        try:
+            assert "listening on http://127.0.0.1:" in await asyncio.to_thread(proc.stdout.readline)
+            url = f"http://127.0.0.1:{port}/"
+
+            async def comment(event: str, login: str, body: str, **where) -> tuple[int, dict]:
+                payload = json.dumps({"action": "created", "repository": {"full_name": FULL},
+                                      "comment": {"body": body, "user": {"login": login}, **where.get("comment", {})},
+                                      **{k: v for k, v in where.items() if k != "comment"}}).encode()
+                return await asyncio.to_thread(post, url, payload, {
+                    "X-GitHub-Event": event, "X-GitHub-Delivery": str(uuid.uuid4()), "X-Hub-Signature-256": signed(payload)})
+
+            code, body = await comment("commit_comment", "mallory", "/katkit approve p-app", comment={"commit_id": sha})
+            assert code == 200 and body["decided"] is None
+            assert "mallory is not an approver of p-app" in body["answer"]
+            assert fake_gh.repos[FULL].comments[-1]["on"] == f"commit {sha}"
+            assert fake_gh.repos[FULL].comments[-1]["body"].startswith("@mallory katkit: nothing changed:")
+            st = await kp_status(kk, run_id)
+            assert st.status == "awaiting_approval" and st.approval.decisions == []
+
+            code, body = await comment("issue_comment", "bob-gh", "LGTM\n/katkit approve p-app ship it",
+                                       issue={"number": 7, "pull_request": {"url": "x"}})
+            assert code == 202 and body["decided"] == run_id, body
+            reply = fake_gh.repos[FULL].comments[-1]
+            assert reply["on"] == "pull 7" and "approved" in reply["body"] and "verified (github bob-gh)" in reply["body"]
+            st = await kk.wait(run_id)
+            [d] = st.approval.decisions
+            assert d.by == "bob" and d.text == "ship it" and d.verified_by == "github bob-gh" and st.deployed is not None
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=30)
+        history = await kk.client.get_workflow_handle(run_id).fetch_history()
+        await assert_replays([history])
+        _record("github_comment_approved", history)
+
+
+async def kp_status(kk: Katkit, run_id: str):
+    return await kk.status(run_id)
+
+
+def test_a_signal_that_claims_a_github_login_proves_nothing(tmp_path: Path, repo: Path, sha: str) -> None:
+    """Without the webhook's key, a proof naming a GitHub login is refused (signed by someone else's key)."""
+    hook_key, hook_pub, _ = keypair(tmp_path, "webhook")
+    other_key, _, _ = keypair(tmp_path, "other")
+    config = parse_config(f"""
+tenants:
+  - name: p-app
+    env: PROD
+    approval: {{required: true, require_proof: true, approvers: [{{name: bob, github: bob-gh}}], webhook_key: "{hook_pub}"}}
+""")
+    now = datetime(2026, 11, 30, 9, 0, tzinfo=timezone.utc)
+    gate = ApprovalGate(config.tenant("p-app"), "dave", ApprovalState(required=True, awaiting=True), run_id="r", sha="s")
+
+    def claim(key: Path, login: str = "bob-gh") -> DecisionInput:
+        sig = sign_with_ssh_keygen(str(key), decision_message(run_id="r", sha="s", tenant="p-app", kind="approve",
+                                                              by="bob", text="", signed_at=now, github=login))
+        return DecisionInput(by="bob", proof=DecisionProof(signature=sig, signed_at=now, github=login))
+
+    assert gate.verification("approve", claim(hook_key), now) == ("github bob-gh", "")
+    assert "which is not one of bob's" in gate.verification("approve", claim(other_key), now)[1]
+    assert "GitHub user mallory is not bob" in gate.verification("approve", claim(hook_key, "mallory"), now)[1]

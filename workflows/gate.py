@@ -61,9 +61,17 @@ class ApprovalGate:
                                     f"unsigned; sign it: katkit {kind} {self.run_id} --by {inp.by or '<you>'} "
                                     "--key ~/.ssh/id_ed25519")
             return UNVERIFIED, ""
-        identity = self.policy.identity(inp.by)
-        if identity is None or not identity.keys:
+        identity, login = self.policy.identity(inp.by), inp.proof.github
+        if login:  # a GitHub comment, vouched for by katkit webhook's key
+            if identity is None or (identity.github or "").lower() != login.lower():
+                return UNVERIFIED, f"GitHub user {login} is not {inp.by} (tenant {self.tenant} lists no such github login)"
+            if not self.policy.webhook_key:
+                return UNVERIFIED, f"tenant {self.tenant} takes no decisions from GitHub comments (no approval.webhook_key)"
+            keys, what = [self.policy.webhook_key], f"github {identity.github}"
+        elif identity is None or not identity.keys:
             return UNVERIFIED, f"the decision is signed, but tenant {self.tenant} declares no keys for {inp.by}"
+        else:
+            keys, what = identity.keys, ""
         signed_at = inp.proof.signed_at
         if signed_at.tzinfo is None:
             return UNVERIFIED, "the proof's signed_at has no time zone"
@@ -74,9 +82,10 @@ class ApprovalGate:
         if signed_at - now > proof.MAX_AHEAD:
             return UNVERIFIED, f"the signature is dated in the future ({proof.utc_text(signed_at)}); check the signer's clock"
         message = proof.decision_message(run_id=self.run_id, sha=self.sha, tenant=self.tenant, kind=kind, by=inp.by,
-                                         text=self.text_of(kind, inp), signed_at=signed_at)
+                                         text=self.text_of(kind, inp), signed_at=signed_at, github=login)
         try:
-            return f"ssh key {proof.verify(inp.proof.signature, message, identity.keys)}", ""
+            fp = proof.verify(inp.proof.signature, message, keys)
+            return what or f"ssh key {fp}", ""
         except proof.ProofError as exc:
             return UNVERIFIED, f"the signature proves nothing: {exc}".replace("not one of theirs", f"not one of {inp.by}'s")
 

@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from activities.errors import translate_errors
 from activities.hosts import installation_queue
-from katkit.builders import Builder, BuilderSpec, builder_for, builder_name
+from katkit.builders import Builder, BuilderSpec, builder_for, builder_name, cache_scope
 from katkit.config import LinkConfig, TenantConfig
 from katkit.gitrepo import RepoMirror, is_remote, normalize_url
 from katkit.logstore import LogStore, tail
@@ -126,6 +126,17 @@ def contract_env(inp: ShardInput, github_token: str | None = None, secrets: dict
     }
 
 
+def cache_branch(inp: ShardInput) -> str:
+    """The branch whose cache a shard uses: the one the run was started from ('branch B'), 'pr-N' for a pull
+    request, else the link's home branch (a run of a sha)."""
+    kind, _, value = inp.ref.partition(" ")
+    if kind == "branch" and value:
+        return value
+    if kind == "pr" and value:
+        return f"pr-{value}"
+    return inp.link.branch
+
+
 class ShardActivities:
     """``checkout``, ``run_shard`` and ``remove_builder``: what needs the repository mirror, the builders and the
     log store."""
@@ -188,6 +199,9 @@ class ShardActivities:
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
             env=contract_env(inp, self._github_token, secrets), image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
+            cache_paths=list(inp.tenant.cache),
+            cache_scope=cache_scope(inp.tenant.name, inp.link.repo, cache_branch(inp)) if inp.tenant.cache else "",
+            cache_save=trusted(inp),  # a fork's code may restore the cache, never write what trusted runs restore
         )
         attempt = activity.info().attempt
         _log_writers.claim(key, attempt)  # this attempt writes the log now; an older one still running stops writing

@@ -3,7 +3,11 @@
 
 It runs inside every builder (a local process, a container, an ECS task). Its spec is a JSON file::
 
-    {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...}}
+    {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...},
+     "cache": {"dir": "/cache/of/this/tenant/repo/branch", "paths": ["node_modules", "~/.cache/pip"], "save": true}}
+
+``cache`` (optional): each path (``~/x``: in HOME; else in the checkout's folder) is copied from ``dir`` before
+ci.sh and, when ci.sh exits 0 and ``save`` is true, copied back after it.
 
 ``agent.py STATE_DIR`` reads ``STATE_DIR/spec.json`` and writes, in ``STATE_DIR``: ``log`` (ci.sh's stdout
 and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -36,6 +41,66 @@ def credential_args(token: str | None) -> list[str]:
 def _say(out: IO[bytes], text: str) -> None:
     out.write(f"[katkit-agent] {text}\n".encode())
     out.flush()
+
+
+def _cache_places(cache: dict[str, Any], cwd: str, home: str) -> list[tuple[str, str, str]]:
+    """(path as declared, where it is in this builder, where its copy is in the cache) for each cache path; ``~/``
+    is ci.sh's HOME."""
+    places = []
+    for path in cache.get("paths") or []:
+        path = str(path)
+        if path.startswith("~/"):
+            rel = path[2:]
+            places.append((path, os.path.join(home, rel), os.path.join(cache["dir"], "home", rel)))
+        else:
+            places.append((path, os.path.join(cwd, path), os.path.join(cache["dir"], "checkout", path)))
+    return places
+
+
+def _copy(src: str, dst: str) -> None:
+    if os.path.isdir(src) and not os.path.islink(src):
+        shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
+def restore_cache(cache: dict[str, Any], cwd: str, home: str, out: IO[bytes]) -> None:
+    """Copy each cached path back where ci.sh expects it (before ci.sh). A cache that cannot be read is no failure."""
+    for path, here, kept in _cache_places(cache, cwd, home):
+        if not os.path.lexists(kept):
+            _say(out, f"cache: nothing kept yet for {path}")
+            continue
+        try:
+            _copy(kept, here)
+            _say(out, f"cache: restored {path}")
+        except OSError as exc:
+            _say(out, f"cache: could not restore {path} ({exc}); ci.sh runs without it")
+
+
+def save_cache(cache: dict[str, Any], cwd: str, home: str, out: IO[bytes]) -> None:
+    """Replace each cached path's copy with what ci.sh left (after a success). Each copy is written aside and renamed
+    into place, so a shard that reads the cache meanwhile sees the old copy or the new one, never half of one."""
+    for path, here, kept in _cache_places(cache, cwd, home):
+        if not os.path.lexists(here):
+            continue
+        tag = f"{os.getpid()}-{time.monotonic_ns()}"
+        new, old = f"{kept}.new-{tag}", f"{kept}.old-{tag}"
+        try:
+            os.makedirs(os.path.dirname(kept), exist_ok=True)
+            _copy(here, new)
+            if os.path.lexists(kept):
+                os.rename(kept, old)
+            os.rename(new, kept)
+            _say(out, f"cache: saved {path}")
+        except OSError as exc:
+            _say(out, f"cache: could not save {path} ({exc})")
+        finally:
+            for leftover in (new, old):
+                if os.path.isdir(leftover) and not os.path.islink(leftover):
+                    shutil.rmtree(leftover, ignore_errors=True)
+                elif os.path.lexists(leftover):
+                    os.unlink(leftover)
 
 
 def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
@@ -65,6 +130,10 @@ def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
         reason = f"{script} not found in {spec.get('folder') or 'the repository root'}"
         _say(out, reason)
         return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
+    cache = spec.get("cache")
+    home = (spec.get("env") or os.environ).get("HOME") or os.path.expanduser("~")
+    if cache and cache.get("paths"):
+        restore_cache(cache, cwd, home, out)
     _say(out, f"running {script} (phase {(spec.get('env') or os.environ).get('KATKIT_PHASE', '?')})")
     ci_started = time.time()
     env = spec.get("env")
@@ -74,6 +143,8 @@ def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
     ended = time.time()
     reason = f"{script} exited {code} in {ended - ci_started:.1f} s"
     _say(out, reason)
+    if code == 0 and cache and cache.get("paths") and cache.get("save", True):
+        save_cache(cache, cwd, home, out)
     return {"exit_code": code, "reason": reason, "started_at": started, "ci_started_at": ci_started, "ended_at": ended}
 
 

@@ -5,13 +5,17 @@ Unknown keys and bad values are errors that name the key and the fix.
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from croniter import croniter
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError,
                       model_validator)
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -70,6 +74,21 @@ def _safe_folder(value: str) -> str:
         raise ValueError(f"{value!r} is not a folder inside the repository; give a relative path such as "
                          "'services/api' (no leading '/', no '..'), or \"\" for the repository root")
     return "/".join(parts)
+
+
+def _cache_path(value: str) -> str:
+    """A cached path: ``~/x`` (in the builder's HOME) or ``x`` (in the checkout, from the link's folder); no '..'."""
+    home = value.startswith("~/")
+    rest = value[2:] if home else value
+    parts = rest.strip("/").split("/") if rest.strip("/") else []
+    if not parts or rest.startswith("/") or rest.startswith("~") or any(p in ("", ".", "..") for p in parts) \
+            or "\0" in value or "\\" in value:
+        raise ValueError(f"{value!r} is not a cache path; give one inside the checkout such as 'node_modules' or one "
+                         "in the builder's home such as '~/.cache/pip' (no leading '/', no '..')")
+    return ("~/" if home else "") + "/".join(parts)
+
+
+CachePath = Annotated[str, AfterValidator(_cache_path)]
 
 
 class Strict(BaseModel):
@@ -276,6 +295,36 @@ class TenantGitHub(Strict):
     token_to_builder: bool = Field(False, description="ci.sh gets the worker's GitHub token as GITHUB_TOKEN")
 
 
+@functools.lru_cache(maxsize=64)
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+        return True
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+
+
+class FreezeWindow(Strict):
+    """A recurring freeze: from each ``start`` (a 5-field cron expression in ``timezone``) for ``duration`` the
+    tenant deploys nothing (execution phases still run)."""
+
+    start: str = Field(description="cron expression of each window's start, e.g. '0 18 * * 5' (Fridays 18:00)")
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in, e.g. Europe/Berlin")
+    duration: Duration = Field(description="how long each window lasts, e.g. 62h")
+    reason: str = Field("", description="shown while a run waits, e.g. 'weekend'")
+
+    @model_validator(mode="after")
+    def _valid(self) -> FreezeWindow:
+        if len(self.start.split()) != 5 or not croniter.is_valid(self.start):
+            raise ValueError(f"start {self.start!r} is not a cron expression; write 5 fields: minute hour day month "
+                             "weekday, e.g. '0 18 * * 5' (Fridays 18:00)")
+        if not _is_zone(self.timezone):
+            raise ValueError(f"timezone {self.timezone!r} is not a time zone; write e.g. UTC or Europe/Berlin") from None
+        if self.duration <= timedelta(0):
+            raise ValueError("duration must be more than 0, e.g. 2h or 62h")
+        return self
+
+
 class TenantConfig(Strict):
     name: SafeName
     env: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
@@ -291,6 +340,9 @@ class TenantConfig(Strict):
         "queue", description="deploys of one service wait in arrival order; supersede: a newer run cancels older waiters")
     webhooks: list[WebhookTarget] = Field(default_factory=list, description="where each gate/deploy event is sent")
     github: TenantGitHub = Field(default_factory=TenantGitHub)
+    freezes: list[FreezeWindow] = Field(default_factory=list, description="recurring windows with no deploys")
+    on_freeze: Literal["wait", "fail"] = Field(
+        "wait", description="a deploy during a freeze waits until it ends (wait) or fails the run at once (fail)")
     on_post_deploy_failure: Literal["fail", "rollback"] = Field(
         "fail", description="a phase after the deployment phase fails: the run fails (fail), or katkit first redeploys "
                             "the previous image through the same deploy lock, with no new approval (rollback)")
@@ -300,6 +352,9 @@ class TenantConfig(Strict):
     phases_with_secrets: list[str] | None = Field(None, description="only these phases get the secrets (default: all)")
     secrets_for_fork_prs: bool = Field(False, description="runs for pull requests from forks get the secrets and the "
                                        "GitHub token too (default: they get neither: their code is not trusted)")
+    cache: list[CachePath] = Field(default_factory=list, max_length=20, description=(
+        "paths kept between runs of one link and branch (local and docker builders): 'node_modules' (in the checkout) "
+        "or '~/.cache/pip' (the builder's HOME); restored before ci.sh, saved after a shard that succeeded"))
 
     @property
     def builders_need_their_host(self) -> bool:
@@ -423,9 +478,15 @@ def parse_config(text: str, source: str = "katkit.yaml") -> KatkitConfig:
     if misfit is not None:
         raise ConfigError(f"{source}: {misfit[0]}; {misfit[1]}")
     try:
-        return KatkitConfig.model_validate(data)
+        config = KatkitConfig.model_validate(data)
     except ValidationError as exc:
         raise _first_error(exc, source) from None
+    for tenant in config.tenants:
+        if tenant.cache and tenant.builder == "ecs":
+            logging.getLogger("katkit.config").warning(
+                "%s: tenant %s sets cache, but ECS builders keep no cache between runs; its paths are not kept",
+                source, tenant.name)
+    return config
 
 
 class NoConfigFound(ConfigError):

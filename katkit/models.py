@@ -96,6 +96,7 @@ class ShardInput(Model):
     log_note: str = Field("", description="a line the log starts with (why the shard started afresh)")
     untrusted: bool = Field(False, description="a fork's pull request: no secrets, no GitHub token (unless the tenant "
                                                "opts in)")
+    ref: str = Field("", description="what the run was started from ('branch B', 'pr N', 'sha S'): the cache's branch")
 
 
 class PickHostInput(Model):
@@ -183,7 +184,7 @@ class DecisionInput(Model):
 
 
 class Decision(Model):
-    kind: Literal["approve", "reject", "timeout"]
+    kind: Literal["approve", "reject", "timeout", "override_freeze"]
     by: str
     at: datetime
     text: str = ""
@@ -248,6 +249,16 @@ class ApprovalState(Model):
     decisions: list[Decision] = Field(default_factory=list)
 
 
+class FreezeStatus(Model):
+    """A run's deploy and the tenant's freezes: what held it (or failed it), and who broke the glass."""
+
+    frozen_until: datetime | None = Field(None, description="while the deploy waits: when the freeze ends")
+    reason: str = ""
+    by: str = Field("", description="who set the freeze ('' for a recurring window of katkit.yaml)")
+    waited_s: float = Field(0.0, description="how long the deploy waited for freezes to end")
+    overrides: list[Decision] = Field(default_factory=list, description="approvers who let it deploy through a freeze")
+
+
 class RunStatus(Model):
     """What the ``status`` query returns and what a finished run's result holds."""
 
@@ -265,6 +276,7 @@ class RunStatus(Model):
     phases: list[PhaseState] = Field(default_factory=list)
     approval: ApprovalState = Field(default_factory=ApprovalState)
     deployed: DeployResult | None = None
+    freeze: FreezeStatus = Field(default_factory=FreezeStatus)
     rolled_back: DeployResult | None = Field(None, description="on_post_deploy_failure: rollback: the previous image, "
                                                                "put back after a phase after the deploy failed")
     error: str = ""
@@ -315,6 +327,44 @@ class LockState(Model):
     watchdog_s: float = Field(30.0, description="how often the holder and waiters are checked for closed runs")
     records: list[DeploymentRecord] = Field(default_factory=list, description="the service's ledger: its last deployments")
     imported: bool = Field(False, description="whether the JSON history of older versions has been imported")
+
+
+class FreezeEntry(Model):
+    """A freeze of a tenant's deploys: an ad hoc one (``katkit freeze``) or a recurring window of katkit.yaml."""
+
+    tenant: str
+    until: datetime
+    reason: str = ""
+    by: str = Field("", description="who set it ('' for a recurring window)")
+    set_at: datetime | None = None
+    source: Literal["adhoc", "window"] = "adhoc"
+    window: str = Field("", description="a recurring window: its cron start and time zone")
+    in_force: bool = Field(True, description="a recurring window: whether it is open now")
+    next_start: datetime | None = Field(None, description="a recurring window not open now: when it opens next")
+
+
+class FreezeState(Model):
+    """A tenant's TenantFreezes workflow: its ad hoc freezes and the runs whose deploys wait for them."""
+
+    tenant: str
+    freezes: list[FreezeEntry] = Field(default_factory=list)
+    waiters: list[str] = Field(default_factory=list, description="runs told when a freeze is lifted")
+    lifted: list[FreezeEntry] = Field(default_factory=list, description="the last freezes lifted early, 'by' who lifted")
+
+
+class UnfreezeInput(Model):
+    by: str
+
+
+class FreezeCheckInput(Model):
+    tenant: TenantConfig
+    run_id: str = Field(description="a run told when an ad hoc freeze is lifted, while it waits")
+
+
+class FreezeCheck(Model):
+    """Whether a tenant is frozen now: the freeze that lasts longest, or None."""
+
+    freeze: FreezeEntry | None = None
 
 
 class LedgerRecord(Model):

@@ -28,6 +28,9 @@ class BuilderSpec(BaseModel):
     image: str | None = None
     local_fleet: bool = False
     mirror_path: str | None = Field(None, description="the worker's bare mirror of the repository, if on this host")
+    cache_scope: str = Field("", description="tenant/repo/branch whose cache the builder restores and saves ('' none)")
+    cache_paths: list[str] = Field(default_factory=list, description="the tenant's cache paths ('~/x' or checkout-relative)")
+    cache_save: bool = Field(True, description="save the cache after a shard that succeeded (not for untrusted code)")
 
 
 class BuilderState(BaseModel):
@@ -114,6 +117,23 @@ def builder_name(run_id: str, attempt_key: str, phase: str, shard: int, generati
     slug = re.sub(r"[^a-z0-9]+", "-", f"{run_id}".lower()).strip("-")[:40]
     pslug = re.sub(r"[^a-z0-9]+", "-", phase.lower()).strip("-")[:20]
     return f"katkit-{slug}-{pslug}-{shard}-{digest}"
+
+
+def _safe_part(part: str) -> str:
+    """A path or volume name part: [A-Za-z0-9_-], with a hash of the original when anything had to change."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", part).strip("-")[:60] or "x"
+    return safe if safe == part else f"{safe}-{hashlib.sha256(part.encode()).hexdigest()[:8]}"
+
+
+def cache_scope(tenant: str, repo: str, branch: str) -> str:
+    """``<tenant>/<repo>/<branch>`` with each part a safe name (``feature/x`` -> ``feature-x-<hash>``): where a
+    cache lives under ``$KATKIT_HOME/cache/`` and what names its Docker volume."""
+    return "/".join(_safe_part(p) for p in (tenant, repo, branch))
+
+
+def cache_volume(scope: str) -> str:
+    """The Docker volume of a cache scope: ``katkit-cache-<tenant>-<repo>-<branch>-<hash>`` (unique per scope)."""
+    return f"katkit-cache-{scope.replace('/', '-')[:150]}-{hashlib.sha256(scope.encode()).hexdigest()[:8]}"
 
 
 def builder_for(tenant: TenantConfig, home: Path) -> Builder:

@@ -16,13 +16,15 @@ import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from katkit.builders import BuilderSpec, BuilderState
+from katkit.builders import BuilderSpec, BuilderState, cache_volume
 from katkit.config import DockerConfig, TenantConfig
 from katkit.errors import BadInput, InfraError, KatkitError
 
 MIRROR_IN_BUILDER = "/katkit/mirror"
 WORKSPACE_IN_BUILDER = "/workspace/src"
 BUILDER_LABEL = "katkit.builder"
+CACHE_IN_BUILDER = "/katkit/cache"
+CACHE_LABEL = "katkit.cache"
 QUEUE_CHUNKS = 64
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
 _RUNNING = ("created", "running", "restarting", "paused")
@@ -157,6 +159,14 @@ class DockerBuilder(EngineUser):
             hint = "run deploy/builder/build.sh" if image is None else "build or load it on the engine, or fix the phase's ContinerImage"
             raise BadInput(f"builder image {name!r} is not on the Docker engine at {self._base_url()}; {hint}") from None
 
+    def _cache_volume(self, scope: str) -> str:
+        """The cache's named volume (created, labelled, when first needed; ``v=True`` on remove keeps named volumes)."""
+        name = cache_volume(scope)
+        tenant, repo, branch = scope.split("/", 2)
+        self.api.create_volume(name, labels={CACHE_LABEL: "1", "katkit.tenant": tenant, "katkit.repo": repo,
+                                             "katkit.branch": branch})
+        return name
+
     def _network(self, local_fleet: bool) -> str:
         name = self.config.network_of(self.tenant) if local_fleet else self.config.builder_network
         if name not in _SPECIAL_NETWORKS and not self.api.networks(names=[name]):
@@ -184,11 +194,15 @@ class DockerBuilder(EngineUser):
         if self.config.docker_socket:
             sock = self._base_url().removeprefix("unix://")
             binds[sock] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+        agent_spec: dict[str, Any] = {"repo_url": repo_url, "sha": spec.sha, "folder": spec.folder,
+                                      "workspace": WORKSPACE_IN_BUILDER}
+        if spec.cache_scope and spec.cache_paths:  # a named volume per tenant/repo/branch, kept when the builder goes
+            binds[self._cache_volume(spec.cache_scope)] = {"bind": CACHE_IN_BUILDER, "mode": "rw"}
+            agent_spec["cache"] = {"dir": CACHE_IN_BUILDER, "paths": spec.cache_paths, "save": spec.cache_save}
         host_config = self.api.create_host_config(
             binds=binds, network_mode=self._network(spec.local_fleet),
             mem_limit=self.config.memory, nano_cpus=int(self.config.cpus * 1e9) if self.config.cpus else None,
         )
-        agent_spec = {"repo_url": repo_url, "sha": spec.sha, "folder": spec.folder, "workspace": WORKSPACE_IN_BUILDER}
         try:
             created = self.api.create_container(
                 image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name,

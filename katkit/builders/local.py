@@ -114,6 +114,9 @@ class LocalBuilder:
         body = spec.model_dump(mode="json", exclude={"env"}) | {"workspace": str(d / "workspace")}
         if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
             body["repo_url"] = spec.mirror_path
+        if spec.cache_scope and spec.cache_paths:  # $KATKIT_HOME/cache/<tenant>/<repo>/<branch>/
+            body["cache"] = {"dir": str(inside(self.root.parent / "cache", spec.cache_scope)),
+                             "paths": spec.cache_paths, "save": spec.cache_save}
         (d / "spec.json.tmp").write_text(json.dumps(body))
         os.replace(d / "spec.json.tmp", d / "spec.json")
         if (d / "workspace").exists():  # a start that crashed half-way: begin clean

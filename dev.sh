@@ -36,6 +36,7 @@ case "$cmd" in
     .venv/bin/python bench/bench_gate.py
     .venv/bin/python bench/bench_cancel.py
     .venv/bin/python bench/bench_cache.py
+    .venv/bin/python bench/bench_pipeline.py
     if docker info >/dev/null 2>&1; then .venv/bin/python bench/bench_docker.py
     else echo "dev.sh: no Docker engine: skipped bench/bench_docker.py (see README, Docker)" >&2; fi ;;
   chaos) KATKIT_CHAOS_LONG=1 exec .venv/bin/python -m pytest tests/test_chaos.py "$@" ;;

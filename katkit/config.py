@@ -115,10 +115,11 @@ class Approver(Strict):
 def _approver_entries(data: object) -> object:
     """``approvers`` may mix names and ``{name, keys, github}`` entries: the names stay in ``approvers`` (what status,
     webhooks and the UI show), the entries with keys or a GitHub login go to ``identities``."""
-    if not isinstance(data, dict) or not isinstance(data.get("approvers"), list):
-        return data
+    if not isinstance(data, dict) or not isinstance(data.get("approvers"), list) \
+            or not isinstance(data.get("identities", []), list):
+        return data  # pydantic says what is wrong with them
     names: list[object] = []
-    identities = list(data.get("identities") or [])
+    identities: list[object] = list(data.get("identities", []))
     for i, entry in enumerate(data["approvers"]):
         if isinstance(entry, dict):
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -355,3 +356,21 @@ tenants:
     assert gate.verification("approve", claim(hook_key), now) == ("github bob-gh", "")
     assert "which is not one of bob's" in gate.verification("approve", claim(other_key), now)[1]
     assert "GitHub user mallory is not bob" in gate.verification("approve", claim(hook_key, "mallory"), now)[1]
+
+
+def test_a_key_held_by_ssh_agent_signs_through_its_pub_file(tmp_path: Path, proof_config: KatkitConfig, keys,
+                                                             monkeypatch) -> None:
+    """As git does: the private key stays in ssh-agent; --key names the .pub."""
+    agent = subprocess.run(["ssh-agent", "-s"], capture_output=True, text=True, check=True).stdout
+    env = dict(re.findall(r"(SSH_AUTH_SOCK|SSH_AGENT_PID)=([^;]+);", agent))
+    try:
+        monkeypatch.setenv("SSH_AUTH_SOCK", env["SSH_AUTH_SOCK"])
+        alice, _, alice_fp = keys["alice"]
+        subprocess.run(["ssh-add", "-q", str(alice)], check=True, capture_output=True)
+        pub = tmp_path / "alice-in-agent.pub"
+        pub.write_text(Path(f"{alice}.pub").read_text())
+        alice.unlink()  # only the agent has the private key now
+        now = datetime.now(timezone.utc)
+        assert _gate(proof_config).verification("approve", _signed(pub, at=now), now) == (f"ssh key {alice_fp}", "")
+    finally:
+        subprocess.run(["kill", env["SSH_AGENT_PID"]], check=False)

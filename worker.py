@@ -26,7 +26,7 @@ from katkit.reaper import reap_forever
 from katkit.names import LEDGER_IMPORT
 from katkit.platforms.history import ServiceRecords
 from katkit.temporal import connect, ensure_search_attributes, ledger_start
-from workflows import CommitRun, DeployLock, Promotion
+from workflows import CommitRun, DeployLock, Promotion, TenantFreezes
 
 MAX_CONCURRENT_ACTIVITIES = 100
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
@@ -96,12 +96,14 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
     shared = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[CommitRun, DeployLock, Promotion],
+        workflows=[CommitRun, DeployLock, Promotion, TenantFreezes],
         # the log formatter runs where the workflow logs: let it use the real structlog, not a sandboxed copy
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules(
-                "structlog", "rich", "pydantic", "pydantic_core", "annotated_types", "katkit", "activities")),
-        activities=[shards.checkout, *host_bound, deploys.deploy, deploys.closed_runs, reports.notify,
+                "structlog", "rich", "pydantic", "pydantic_core", "annotated_types", "katkit", "activities",
+                "cryptography")),
+        activities=[shards.checkout, *host_bound, deploys.deploy, deploys.closed_runs,
+                    deploys.freeze_check, reports.notify,
                     reports.github_report, HostActivities(settings.host_queue).pick_host],
         max_concurrent_activities=max(1, executor._max_workers - host_slots),
         **common,

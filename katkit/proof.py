@@ -3,7 +3,7 @@
 A decision is signed in OpenSSH's SSHSIG format (``ssh-keygen -Y sign -n katkit``, the format git uses for
 commit signing), so an approver signs with the key already on their laptop or in their ssh-agent. The signed
 message is the decision with its context, as canonical JSON: run id, sha, tenant, kind, by, the comment or
-reason, and when it was signed. Verification is pure Python (base64, hashlib, ``katkit.ed25519``),
+reason, and when it was signed. Verification (base64, hashlib, ``cryptography``'s Ed25519) is
 deterministic, and runs inside the workflow sandbox against the public keys of the run's own config snapshot.
 Only ``ssh-ed25519`` keys are supported.
 """
@@ -16,7 +16,8 @@ import json
 import struct
 from datetime import datetime, timedelta, timezone
 
-from katkit import ed25519
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 NAMESPACE = "katkit"  # ssh-keygen -n: a signature made for git (namespace "git") is no decision
 KEY_TYPE = "ssh-ed25519"
@@ -120,7 +121,7 @@ def verify(signature: str, message: bytes, keys: list[str]) -> str:
         raise ProofError(f"signed by key {fp}, which is not one of theirs")
     digest = hashlib.sha512(message).digest() if hash_alg == b"sha512" else hashlib.sha256(message).digest()
     signed = b"SSHSIG" + _wire(namespace, reserved, hash_alg, digest)
-    if not ed25519.verify(raw_key, signed, raw_sig):
+    if not _ed25519_valid(raw_key, signed, raw_sig):
         raise ProofError(f"the signature by key {fp} does not match this decision (signed for another run, sha, "
                          "tenant, decision or text?)")
     return fp
@@ -157,3 +158,13 @@ def sign_with_ssh_keygen(key_file: str, message: bytes) -> str:
         why = " ".join(proc.stderr.decode(errors="replace").split())[:200] or f"exit {proc.returncode}"
         raise ProofError(f"cannot sign with {key_file}: {why}; give an SSH ed25519 private key (ssh-keygen -t ed25519)")
     return proc.stdout.decode()
+
+
+def _ed25519_valid(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """RFC 8032 Ed25519 verification by ``cryptography`` (deterministic, no I/O). The workflow sandbox must pass
+    ``cryptography`` through (the worker does): its Rust extension cannot be imported a second time inside it."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True

@@ -21,12 +21,14 @@ from temporalio.exceptions import ApplicationError
 from activities.errors import translate_errors
 from katkit.backends import get_platform
 from katkit.config import TenantConfig
-from katkit.models import ClosedRunsInput, DeployInput, DeployResult, LedgerRecord, LockGrant, LockRequest
-from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, deploy_lock_id
+from katkit.freeze import open_window
+from katkit.models import (ClosedRunsInput, DeployInput, DeployResult, FreezeCheck, FreezeCheckInput, FreezeEntry,
+                           FreezeState, LedgerRecord, LockGrant, LockRequest)
+from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, UPDATE_FREEZE_WATCH, deploy_lock_id
 from katkit.platforms import DeploymentRecord, Platform, RunningService
 from katkit.platforms.history import ServiceRecords
 from katkit.states import ErrorType
-from katkit.temporal import describe_or_none, ledger_start
+from katkit.temporal import describe_or_none, freezes_start, ledger_start
 
 log = structlog.get_logger("katkit.activities")
 
@@ -137,6 +139,24 @@ class DeployActivities:
         return DeployResult(service=inp.service, image=inp.image, previous_image=record.previous_image,
                             replicas=replicas, extra_config=extra, deployed_at=datetime.now(timezone.utc),
                             lock_waited_s=waited_s, started_at=started), record
+
+    @activity.defn(name="freeze_check")
+    async def freeze_check(self, inp: FreezeCheckInput) -> FreezeCheck:
+        """Whether the tenant is frozen now: a recurring window of its config or an ad hoc freeze (its TenantFreezes
+        workflow, which tells this run of the next unfreeze); the one that lasts longest."""
+        now = datetime.now(timezone.utc)
+        found: list[FreezeEntry] = []
+        window = open_window(inp.tenant.freezes, now)
+        if window is not None:
+            w, until = window
+            found.append(FreezeEntry(tenant=inp.tenant.name, until=until.astimezone(timezone.utc), reason=w.reason,
+                                     source="window", window=f"{w.start} ({w.timezone})"))
+        if self.client is not None:
+            state: FreezeState = await self.client.execute_update_with_start_workflow(
+                UPDATE_FREEZE_WATCH, inp.run_id, result_type=FreezeState,
+                start_workflow_operation=freezes_start(activity.info().task_queue, inp.tenant.name))
+            found += [f for f in state.freezes if f.until > now]
+        return FreezeCheck(freeze=max(found, key=lambda f: f.until) if found else None)
 
     @activity.defn(name="closed_runs")
     async def closed_runs(self, inp: ClosedRunsInput) -> list[str]:

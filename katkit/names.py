@@ -22,6 +22,13 @@ SIGNAL_APPROVE = "approve"
 SIGNAL_REJECT = "reject"
 UPDATE_DECIDE = "decide"
 QUERY_STATUS = "status"
+TENANT_FREEZES = "TenantFreezes"
+UPDATE_FREEZE = "freeze"
+UPDATE_UNFREEZE = "unfreeze"
+UPDATE_FREEZE_WATCH = "watch"
+QUERY_FREEZES = "freezes"
+SIGNAL_FREEZE_CHANGED = "freeze_changed"  # to a run waiting in a freeze: look again (an unfreeze)
+UPDATE_OVERRIDE_FREEZE = "override_freeze"  # to a run: an approver breaks the glass for it
 
 SA_TENANT = SearchAttributeKey.for_keyword("KatkitTenant")
 SA_REPO = SearchAttributeKey.for_keyword("KatkitRepo")
@@ -69,3 +76,8 @@ def _safe(part: str) -> str:
 def deploy_lock_id(task_queue: str, tenant: str, service: str) -> str:
     """One deploy lock per tenant service and katkit installation (its task queue)."""
     return f"lock-{task_queue}-{tenant}-{service}"
+
+
+def freezes_id(task_queue: str, tenant: str) -> str:
+    """The id of a tenant's TenantFreezes workflow (its ad hoc freezes)."""
+    return f"freezes-{task_queue}-{tenant}"

@@ -17,6 +17,7 @@ class State(StrEnum):
     RUNNING = "running"
     AWAITING_APPROVAL = "awaiting_approval"  # run and deployment phase: the gate is open
     WAIT_TIMER = "wait_timer"  # deployment phase: approved, soaking until the tenant's wait timer has passed
+    FROZEN = "frozen"  # run and deployment phase: the tenant is in a freeze window; the deploy waits for its end
     DEPLOYING = "deploying"  # run and deployment phase
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -32,16 +33,17 @@ TERMINAL: tuple[State, ...] = (State.SUCCEEDED, State.FAILED, State.REJECTED, St
 ENDED: tuple[State, ...] = (*TERMINAL, State.TERMINATED)
 """A run in one of these has ended, by its own doing or the server's."""
 
-RUN_STATES: tuple[State, ...] = (State.RUNNING, State.AWAITING_APPROVAL, State.DEPLOYING, *TERMINAL)
+RUN_STATES: tuple[State, ...] = (State.RUNNING, State.AWAITING_APPROVAL, State.FROZEN, State.DEPLOYING, *TERMINAL)
 """Every value of ``KatkitStatus`` on a CommitRun (what ``katkit list --status`` filters on)."""
 
-LIVE: tuple[State, ...] = (State.RUNNING, State.AWAITING_APPROVAL, State.DEPLOYING)
+LIVE: tuple[State, ...] = (State.RUNNING, State.AWAITING_APPROVAL, State.FROZEN, State.DEPLOYING)
 """A run in one of these has not ended (``katkit status`` exits 0 for them)."""
 
 
 def run_state_of(phase_state: State) -> State:
-    """The run's state while a phase is in ``phase_state``: the gate and the deploy show; all else is running."""
-    return phase_state if phase_state in (State.AWAITING_APPROVAL, State.DEPLOYING) else State.RUNNING
+    """The run's state while a phase is in ``phase_state``: the gate, a freeze and the deploy show; all else is
+    running."""
+    return phase_state if phase_state in (State.AWAITING_APPROVAL, State.FROZEN, State.DEPLOYING) else State.RUNNING
 
 
 class Outcome(StrEnum):

@@ -90,6 +90,16 @@ def ledger_start(task_queue: str, tenant: str, service: str, watchdog_s: float,
         static_summary=f"ledger and deploy lock of {service} in {tenant}")
 
 
+def freezes_start(task_queue: str, tenant: str) -> WithStartWorkflowOperation[Any, Any]:
+    """How an update reaches a tenant's TenantFreezes workflow (its ad hoc freezes), starting it on first use."""
+    from katkit.models import FreezeState
+    from katkit.names import TENANT_FREEZES, freezes_id
+
+    return WithStartWorkflowOperation(
+        TENANT_FREEZES, FreezeState(tenant=tenant), id=freezes_id(task_queue, tenant), task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING, static_summary=f"freezes of {tenant}")
+
+
 async def describe_or_none(client: Client, workflow_id: str, run_id: str | None = None) -> WorkflowExecutionDescription | None:
     """A workflow's description, or None when the server has no such workflow (never started, or deleted)."""
     try:

@@ -17,8 +17,10 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 
 from katkit.errors import BadInput
-from katkit.models import CommitRunInput, DecisionInput, DeployInput, DeployResult, RunPlan, RunStatus, ShardResult
-from katkit.names import COMMIT_RUN, SIGNAL_APPROVE, SIGNAL_REJECT, UPDATE_DECIDE
+from katkit.models import (CommitRunInput, DecisionInput, DeployInput, DeployResult, FreezeCheck, RunPlan, RunStatus,
+                           ShardResult)
+from katkit.names import (COMMIT_RUN, SIGNAL_APPROVE, SIGNAL_FREEZE_CHANGED, SIGNAL_REJECT, UPDATE_DECIDE,
+                          UPDATE_OVERRIDE_FREEZE)
 from katkit.states import LIVE, DeployKind, State
 from katkit.temporal import DATA_CONVERTER
 from starter.status import StatusCalls
@@ -85,6 +87,8 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
     scheduled: dict[int, tuple[str, str, Any]] = {}  # event id -> (activity type, summary, input)
     timers: dict[str, timedelta] = {}
     decisions: list[tuple[str, str]] = []  # (kind, by) in the order the run received them
+    overrides: list[str] = []  # who let the run deploy through a freeze
+    frozen = False  # the last freeze check found a freeze
     deployed: DeployResult | None = None
     rolled_back: DeployResult | None = None
     ended: tuple[str, str] | None = None  # (how, message)
@@ -108,13 +112,20 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
                 d = _one(a.input, DecisionInput) or DecisionInput()
                 decisions.append((a.signal_name, d.by))
                 add(AuditEntry(at=at, what="decision", text=f"{a.signal_name} by {d.by or '?'} (signal)"))
+            elif a.signal_name == SIGNAL_FREEZE_CHANGED:
+                add(AuditEntry(at=at, what="frozen", text="a freeze was lifted (katkit unfreeze): look again"))
             else:
                 add(AuditEntry(at=at, what="signal", text=f"signal {a.signal_name} (identity {a.identity or '?'})"))
         elif kind == "workflow_execution_update_accepted_event_attributes":
             a = event.workflow_execution_update_accepted_event_attributes
             req = a.accepted_request
             args = _values(req.input.args)
-            if req.input.name == UPDATE_DECIDE and len(args) == 2:
+            if req.input.name == UPDATE_OVERRIDE_FREEZE and args:
+                d = DecisionInput.model_validate(args[0])
+                overrides.append(d.by)
+                add(AuditEntry(at=at, what="override", text=f"freeze overridden by {d.by}"
+                                                            + (f" — {d.comment}" if d.comment else "")))
+            elif req.input.name == UPDATE_DECIDE and len(args) == 2:
                 d = DecisionInput.model_validate(args[1])
                 decisions.append((str(args[0]), d.by))
                 add(AuditEntry(at=at, what="decision", text=f"{args[0]} by {d.by or '?'} (katkit CLI/API)"))
@@ -155,6 +166,16 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
                 add(AuditEntry(at=at, what="checkout", text=f"{plan.sha[:12]}: phases "
                                                             f"{', '.join(p.name for p in plan.phases)} "
                                                             f"(katkitconfig.js entry {plan.env_entry})"))
+            elif name == "freeze_check":
+                found = (_one(a.result, FreezeCheck) or FreezeCheck()).freeze
+                if found is not None:
+                    frozen = True
+                    add(AuditEntry(at=at, what="frozen", text=f"deploy held: frozen until {found.until:%Y-%m-%d %H:%M} UTC"
+                                                              + (f" by {found.by}" if found.by else f" (window {found.window})")
+                                                              + (f": {found.reason}" if found.reason else "")))
+                elif frozen:
+                    frozen = False
+                    add(AuditEntry(at=at, what="frozen", text="no freeze in force any more: the deploy goes ahead"))
             elif name == "notify":
                 add(AuditEntry(at=at, what="webhook", text=f"{summary} delivered"))
         elif kind == "activity_task_failed_event_attributes":
@@ -167,7 +188,8 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
         elif kind == "timer_fired_event_attributes":
             a = event.timer_fired_event_attributes
             took = timers.get(a.timer_id, timedelta(0))
-            label = "the approval timeout" if inp and inp.tenant.approval.timeout == took else "the wait timer"
+            label = "the freeze" if frozen else "the approval timeout" if inp and inp.tenant.approval.timeout == took \
+                else "the wait timer"
             add(AuditEntry(at=at, what="wait", text=f"waited {_seconds(took)} ({label})"))
         elif kind == "workflow_execution_completed_event_attributes":
             ended = ("completed", "")
@@ -185,6 +207,10 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
     _verdicts(trail, status)
     if not trail.note:
         trail.disagreements = _disagreements(inp, decisions, deployed, rolled_back, ended, status)
+        said = [o.by for o in status.freeze.overrides]
+        if overrides != said:
+            trail.disagreements.append(f"history has the freeze overrides {overrides or 'none'}; the run's status has "
+                                       f"{said or 'none'}")
     return trail
 
 

@@ -9,7 +9,7 @@ import sys
 
 import click
 
-from katkit.errors import RunFailed
+from katkit.errors import BadInput, RunFailed
 from katkit.models import PromotionStep
 from katkit.states import LIVE, State
 from starter import complete
@@ -67,24 +67,35 @@ def _decision(kind: str, text_option: str, doc: str) -> click.Command:
                   help="Sign the decision with this SSH ed25519 key (a private key file, or the .pub of a key in "
                        "ssh-agent); the tenant checks it against your keys in katkit.yaml. Env: KATKIT_SIGNING_KEY.")
     @run_async
-    async def decide(run_id: str, by: str, text: str, key: str | None) -> None:
-        await _decide(kind, run_id, by, text, key)
+    async def decide(run_id: str, by: str, text: str, key: str | None, override_freeze: bool = False) -> None:
+        await _decide(kind, run_id, by, text, key, override_freeze)
 
     return decide
 
 
 approve = _decision("approve", "comment", "Approve the deployment gate of a run (of a promotion: of its step that awaits "
                                           "a decision).")
+approve.params.append(click.Option(
+    ["--override-freeze"], is_flag=True,
+    help="Break the glass: let this run deploy through the tenant's freeze (recorded with --comment; approvers only). "
+         "Approves it too when its gate awaits a decision."))
 reject = _decision("reject", "reason", "Reject the deployment gate of a run (of a promotion: of its step that awaits a "
                                        "decision); it ends without deploying.")
 
 
-async def _decide(kind: str, given: str, by: str, text: str, key: str | None = None) -> None:
+async def _decide(kind: str, given: str, by: str, text: str, key: str | None = None, override_freeze: bool = False) -> None:
     kk = await connect(with_config=False)
     run_id, step = given, None
     if await kk.is_promotion(given):
+        if override_freeze:
+            raise BadInput(f"--override-freeze takes a run id; the run of each step of {given}: katkit status {given}")
         step = await kk.awaiting_step(given)
         run_id = step.run_id
+    if override_freeze:
+        o = await kk.override_freeze(run_id, by, text)
+        out.print(f"freeze overridden by {o.by} at {o.at:%Y-%m-%d %H:%M:%S} UTC: {run_id}", markup=False)
+        if (await kk.status(run_id)).status != State.AWAITING_APPROVAL:
+            return
     d = await (kk.approve if kind == "approve" else kk.reject)(run_id, by, text, key)
     verb, at = ("approved" if kind == "approve" else "rejected"), f"{d.at:%Y-%m-%d %H:%M:%S} UTC"
     if isinstance(step, PromotionStep):

@@ -20,7 +20,7 @@ from katkit.models import ApprovalState, PhaseState, PhaseType, PromotionStatus,
 from katkit.states import Outcome, State
 
 STYLE = {State.SUCCEEDED: "green", State.FAILED: "red", State.REJECTED: "red", State.CANCELLED: "yellow",
-         State.RUNNING: "cyan", State.AWAITING_APPROVAL: "magenta", State.WAIT_TIMER: "magenta",
+         State.RUNNING: "cyan", State.AWAITING_APPROVAL: "magenta", State.WAIT_TIMER: "magenta", State.FROZEN: "blue",
          State.DEPLOYING: "cyan", State.SKIPPED: "dim", State.PENDING: "dim", State.TERMINATED: "red"}
 """Every state's colour: a new state in ``katkit.states`` gets one here."""
 

@@ -23,7 +23,7 @@ from katkit.sample import commit_files
 from katkit.temporal import DATA_CONVERTER
 from starter.api import Katkit
 from tests.conftest import status_is, wait_for
-from workflows import CommitRun, DeployLock, Promotion
+from workflows import CommitRun, DeployLock, Promotion, TenantFreezes
 
 HISTORIES = Path(__file__).parent / "histories"
 GATED = """
@@ -39,7 +39,7 @@ links:
 
 
 def replayer() -> Replayer:
-    return Replayer(workflows=[CommitRun, DeployLock, Promotion], data_converter=DATA_CONVERTER)
+    return Replayer(workflows=[CommitRun, DeployLock, Promotion, TenantFreezes], data_converter=DATA_CONVERTER)
 
 
 async def test_recorded_histories_replay() -> None:

@@ -2,6 +2,7 @@
 
 from workflows.commit_run import CommitRun
 from workflows.deploy_lock import DeployLock
+from workflows.freezes import TenantFreezes
 from workflows.promotion import Promotion
 
-__all__ = ["CommitRun", "DeployLock", "Promotion"]
+__all__ = ["CommitRun", "DeployLock", "Promotion", "TenantFreezes"]

@@ -11,6 +11,7 @@ their worker hosts), ``RunVisibility`` (search attributes, memo), ``WebhookNotif
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -26,6 +27,8 @@ with workflow.unsafe.imports_passed_through():
         DecisionInput,
         DeployInput,
         DeployResult,
+        FreezeCheck,
+        FreezeCheckInput,
         Phase,
         PhaseState,
         PhaseType,
@@ -34,8 +37,9 @@ with workflow.unsafe.imports_passed_through():
         ShardState,
     )
     from katkit.platforms import RecordedDecision
-    from katkit.names import COMMIT_RUN, QUERY_STATUS, SIGNAL_APPROVE, SIGNAL_REJECT, UPDATE_DECIDE
-    from katkit.states import DeployKind, ErrorType, Outcome, State, run_state_of
+    from katkit.names import (COMMIT_RUN, QUERY_STATUS, SIGNAL_APPROVE, SIGNAL_FREEZE_CHANGED, SIGNAL_REJECT,
+                              UPDATE_DECIDE, UPDATE_OVERRIDE_FREEZE)
+    from katkit.states import TERMINAL, DeployKind, ErrorType, Outcome, State, run_state_of
     from workflows.gate import ApprovalGate
     from workflows.github import GitHubReporter
     from workflows.notifier import WebhookNotifier
@@ -54,6 +58,9 @@ GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded befo
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 AUTOROLLBACK_PATCH = "katkit-autorollback-1"  # on_post_deploy_failure: rollback puts the previous image back
+FREEZE_PATCH = "katkit-freeze-1"  # a deploy waits while the tenant is frozen (or fails: on_freeze: fail)
+FREEZE_CHECK_TIMEOUT = timedelta(seconds=30)
+MIN_FREEZE_WAIT = timedelta(seconds=1)
 AUTO_ROLLBACK_ACTOR = "katkit"  # who the ledger says started an automatic rollback
 ROLLBACK_PHASE = Phase(name="ROLLBACK", type=PhaseType.DEPLOYMENT, order=1)
 
@@ -86,6 +93,7 @@ class CommitRun:
         self._github = GitHubReporter(inp.link, inp.tenant, self._status, enabled=False)
         self._shards = ShardRunner(inp, self._status.run_id, by_host=False, on_change=self._visibility.refresh)
         self._gates_patch = False  # runs recorded before it have no memo, webhooks or wait timer
+        self._freeze_changed = False
         self._evicted = False
 
     # -- the run ---------------------------------------------------------------------------------------
@@ -181,7 +189,9 @@ class CommitRun:
                            service=service, image=image, sha=plan.sha, repo=inp.repo, description=desc,
                            started_by=inp.started_by, approved_by=list(self._status.approval.approved_by),
                            approvals=[RecordedDecision(by=d.by, at=d.at, comment=d.text, verified_by=d.verified_by)
-                                      for d in self._status.approval.decisions if d.accepted and d.kind == "approve"])
+                                      for d in self._status.approval.decisions if d.accepted and d.kind == "approve"],
+                           freeze_overrides=[RecordedDecision(by=o.by, at=o.at, comment=o.text)
+                                             for o in self._status.freeze.overrides])
 
     async def _deploy(self, state: PhaseState, plan: RunPlan) -> None:
         policy = self._inp.tenant.approval
@@ -194,6 +204,8 @@ class CommitRun:
             if workflow.now() < not_before:
                 self._start_phase(state, State.WAIT_TIMER)
                 await workflow.sleep(not_before - workflow.now())
+        if workflow.patched(FREEZE_PATCH):
+            await self._respect_freezes(state)
         self._start_phase(state, State.DEPLOYING)
         deploy = self._deploy_input(plan)
         try:
@@ -214,6 +226,77 @@ class CommitRun:
         self._end_phase(state, State.SUCCEEDED, f"deployed {result.image}")
         self._webhooks.send("rolled_back" if deploy.kind == DeployKind.ROLLBACK else "deployed", image=result.image,
                             previous_image=result.previous_image)
+
+    async def _respect_freezes(self, state: PhaseState) -> None:
+        """No deploy while the tenant is frozen (a recurring window of its config, or ``katkit freeze``): wait until the
+        freeze ends or is lifted (then look again), or fail at once with ``on_freeze: fail``; an approver's override
+        (``katkit approve --override-freeze``) lets this run deploy through it."""
+        freeze, began, waited = self._status.freeze, workflow.now(), False
+        while not freeze.overrides:
+            check: FreezeCheck = await workflow.execute_activity_method(
+                DeployActivities.freeze_check, FreezeCheckInput(tenant=self._inp.tenant, run_id=self._status.run_id),
+                start_to_close_timeout=FREEZE_CHECK_TIMEOUT, retry_policy=INFRA_RETRY, summary="freeze check")
+            found = check.freeze
+            if found is None:
+                break
+            freeze.frozen_until, freeze.reason, freeze.by = found.until, found.reason, found.by
+            what = (f"frozen until {found.until:%Y-%m-%d %H:%M} UTC"
+                    + (f" by {found.by}" if found.by else f" (window {found.window})")
+                    + (f": {found.reason}" if found.reason else ""))
+            if self._inp.tenant.on_freeze == "fail":
+                freeze.frozen_until = None
+                self._end_phase(state, State.FAILED, f"{what} (on_freeze: fail)")
+                self._webhooks.send("failed", error=f"{what} (on_freeze: fail)")
+                raise RunFailure(f"not deployed: {self._inp.tenant.name} is {what} (on_freeze: fail)")
+            if not waited:
+                self._webhooks.send("frozen", until=found.until.isoformat(), reason=found.reason, by=found.by)
+            waited, self._freeze_changed = True, False
+            state.message = what
+            self._start_phase(state, State.FROZEN)
+            self._visibility.memo()
+            try:
+                await workflow.wait_condition(lambda: self._freeze_changed or bool(freeze.overrides),
+                                              timeout=max(found.until - workflow.now(), MIN_FREEZE_WAIT))
+            except asyncio.TimeoutError:
+                pass  # the freeze has ended: look again (another may have begun)
+        freeze.frozen_until = None
+        if waited:
+            freeze.waited_s = (workflow.now() - began).total_seconds()
+            state.message = ""
+
+    def _override_refusal(self, by: str) -> str:
+        """Why ``by`` may not let this run deploy through a freeze ('' when they may): the tenant's approvers may."""
+        policy, st = self._inp.tenant.approval, self._status
+        names = policy.approvers
+        if not by:
+            return "name who overrides the freeze (--by)"
+        if st.status in TERMINAL or st.deployed is not None:
+            return f"run {st.run_id} has {'deployed' if st.deployed else 'ended'} already; no freeze to override"
+        if names and by not in names:
+            return f"{by} is not an approver of tenant {st.tenant} (approvers: {', '.join(names)})"
+        if not names and by == st.started_by and not policy.allow_self_approval:
+            return f"{by} started the run and may not override its freeze"
+        if any(o.by == by for o in st.freeze.overrides):
+            return f"{by} has overridden the freeze of this run already"
+        return ""
+
+    @workflow.update(name=UPDATE_OVERRIDE_FREEZE,
+                     description='Deploy through a freeze (an approver): {"by": "<you>", "comment": "why"}')
+    def override_freeze(self, inp: DecisionInput) -> Decision:
+        decision = Decision(kind="override_freeze", by=inp.by, at=workflow.now(), text=inp.comment)
+        self._status.freeze.overrides.append(decision)
+        self._visibility.memo()
+        return decision
+
+    @override_freeze.validator
+    def _validate_override_freeze(self, inp: DecisionInput) -> None:
+        refused = self._override_refusal(inp.by)
+        if refused:
+            raise ValueError(refused)
+
+    @workflow.signal(name=SIGNAL_FREEZE_CHANGED, description="A freeze was lifted: look again (sent by TenantFreezes)")
+    def freeze_changed(self) -> None:
+        self._freeze_changed = True
 
     def _rolls_back_after(self, failure: RunFailure) -> bool:
         """Whether a failed phase is to be answered by redeploying what ran before this run's deploy (the tenant's

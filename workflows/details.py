@@ -18,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from katkit.states import State
 
 MAX_SHARD_CELLS = 8  # a wider phase is summed up by state; its failed shards are still named
-ICON = {State.SUCCEEDED: "✔", State.FAILED: "✘", State.REJECTED: "✘", State.TERMINATED: "✘"}
+ICON = {State.SUCCEEDED: "✔", State.FAILED: "✘", State.REJECTED: "✘", State.TERMINATED: "✘", State.FROZEN: "❄"}
 """A mark for the states to spot at a glance (plain symbols: every font has them)."""
 
 
@@ -102,6 +102,11 @@ def run_details(st: RunStatus, namespace: str, parent: str | None = None) -> str
             lines.append(f"| {_cell(p.name)} | {_marked(p.state)} | {_took(p)} | {_cell(_phase_detail(p))} |")
     if st.approval.awaiting:
         lines += [""] + _gate(st)
+    elif st.freeze.frozen_until and any(p.state == State.FROZEN for p in st.phases):
+        lines += ["", f"**Frozen**: the deploy waits until {st.freeze.frozen_until:%Y-%m-%d %H:%M:%S} UTC"
+                      + (f" ({st.freeze.reason})" if st.freeze.reason else "")
+                      + (f", set by {st.freeze.by}" if st.freeze.by else "") + ". An approver may deploy through it: "
+                      f"`katkit approve {st.run_id} --by <you> --override-freeze --comment why`."]
     elif st.approval.deploy_not_before and any(p.state == State.WAIT_TIMER for p in st.phases):
         lines += ["", f"Approved; the wait timer holds the deploy until {st.approval.deploy_not_before:%Y-%m-%d %H:%M:%S} UTC."]
     if st.approval.decisions:
@@ -111,6 +116,8 @@ def run_details(st: RunStatus, namespace: str, parent: str | None = None) -> str
             proof = f", {d.verification}" if d.verification else ""
             lines.append(f"- {d.kind} by **{d.by}** at {d.at:%Y-%m-%d %H:%M:%S} UTC{f' — {d.text}' if d.text else ''} "
                          f"({verdict}{proof})")
+    for o in st.freeze.overrides:
+        lines.append(f"- freeze overridden by **{o.by}** at {o.at:%Y-%m-%d %H:%M:%S} UTC{f' — {o.text}' if o.text else ''}")
     if st.error:
         lines += ["", f"**{st.status}:** {st.error}"]
         for p in st.phases:

@@ -48,6 +48,8 @@ class GitHubReporter:
         if state == State.AWAITING_APPROVAL:
             who = ", ".join(self.tenant.approval.approvers) or "an approver"
             self.commit_status(phase, "pending", f"awaiting approval by {who}")
+        elif state == State.FROZEN and self.status.freeze.frozen_until:
+            self.commit_status(phase, "pending", f"frozen until {self.status.freeze.frozen_until:%Y-%m-%d %H:%M} UTC")
         elif state == State.WAIT_TIMER:
             self.commit_status(phase, "pending", f"wait timer until {self.status.approval.deploy_not_before:%Y-%m-%d %H:%M} UTC")
         else:

@@ -68,11 +68,22 @@ class CommitRunInput(Model):
     ref: str = Field("", description="what the user asked for, e.g. 'branch main' or 'pr 12'")
     started_by: str
     rollback: RollbackSpec | None = None
+    attempt: int = Field(1, description="which execution of the run this is (katkit retry starts the next)")
+    retry: RetrySpec | None = Field(None, description="katkit retry: the phases of an earlier attempt it reuses")
     untrusted: bool = Field(False, description="a pull request from a fork: no secrets, no GitHub token for ci.sh")
 
     @property
     def repo(self) -> str:
         return self.link.repo if self.link else self.rollback.repo if self.rollback else ""
+
+
+class RetrySpec(Model):
+    """A retry of a run: from which phase it runs again, and the succeeded execution phases before it that it reuses
+    (their states, shards and log keys, as the earlier attempt left them). A deployment phase is never reused."""
+
+    from_attempt: int
+    from_phase: str
+    reuse: list[PhaseState] = Field(default_factory=list)
 
 
 class CheckoutInput(Model):
@@ -233,6 +244,7 @@ class PhaseState(Model):
     ended_at: datetime | None = None
     shards: list[ShardState] = Field(default_factory=list)
     message: str = ""
+    reused_from: int = Field(0, description="katkit retry: the attempt whose result this phase reuses (0: it ran)")
 
 
 class ApprovalState(Model):
@@ -269,6 +281,7 @@ class RunStatus(Model):
     sha: str
     ref: str = ""
     started_by: str
+    attempt: int = Field(1, description="which execution of the run this is (katkit retry)")
     status: State = State.RUNNING
     phase: str = ""
     started_at: datetime | None = None
@@ -410,6 +423,7 @@ class PromotionStatus(Model):
     note: str = Field("", description="set by the starter, never by the workflow: e.g. that no worker polls")
 
 CommitRunInput.model_rebuild()
+RetrySpec.model_rebuild()
 
 
 class GitHubUpdate(Model):

@@ -26,6 +26,7 @@ from katkit.temporal import connect
 from starter.audit import AuditCalls
 from starter.base import QUERY_DEADLINE, RunHandle, watch
 from starter.freezes import FreezeCalls
+from starter.retry import RetryCalls
 from starter.ledger import LedgerCalls
 from starter.logs import LogCalls
 from starter.promote import PromotionCalls
@@ -49,7 +50,7 @@ class RunSummary:
     """When the run started (UTC, with its zone)."""
 
 
-class Katkit(LogCalls, LedgerCalls, PromotionCalls, AuditCalls, FreezeCalls):
+class Katkit(LogCalls, LedgerCalls, PromotionCalls, AuditCalls, FreezeCalls, RetryCalls):
     @classmethod
     async def connect(cls, settings: Settings | None = None, config: KatkitConfig | None = None,
                       config_path: str | None = None) -> Katkit:

@@ -16,7 +16,7 @@ import click
 from katkit.config import load_settings
 from katkit.errors import KatkitError
 from katkit.log import configure_logging
-from starter import cli_audit, cli_freezes, cli_runs, cli_services
+from starter import cli_audit, cli_freezes, cli_retry, cli_runs, cli_services
 from starter.cli_common import CliState, connect as _katkit, err, out, run_async as _async
 
 
@@ -32,7 +32,8 @@ def cli(ctx: click.Context, config_path: str | None, debug: bool) -> None:
     configure_logging("DEBUG" if debug else "WARNING")
 
 
-for _command in (*cli_runs.COMMANDS, *cli_services.COMMANDS, *cli_audit.COMMANDS, *cli_freezes.COMMANDS):  # runs and promotions; tenant services and repos
+for _command in (*cli_runs.COMMANDS, *cli_services.COMMANDS, *cli_audit.COMMANDS, *cli_freezes.COMMANDS,
+                 *cli_retry.COMMANDS):  # runs and promotions; tenant services and repos
     cli.add_command(_command)
 
 

@@ -117,8 +117,9 @@ async def cancel(run_id: str) -> None:
 @click.command()
 @click.argument("run_id", metavar="RUN", shell_complete=complete.runs)
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N", help="Attempt N of the run (katkit retry; default: the latest).")
 @run_async
-async def status(run_id: str, as_json: bool) -> None:
+async def status(run_id: str, as_json: bool, attempt: int | None) -> None:
     """Show a run's phases, shards, decisions and deployed image (or a promotion's steps)."""
     kk = await connect(with_config=False)
     if await kk.is_promotion(run_id):
@@ -131,7 +132,7 @@ async def status(run_id: str, as_json: bool) -> None:
             if pst.note:
                 err.print(f"katkit: warning: {pst.note}", markup=False)
         sys.exit(0 if pst.status in (State.SUCCEEDED, State.RUNNING) else 1)
-    st = await kk.status(run_id)
+    st = await kk.status(run_id, attempt)
     if as_json:
         click.echo(json_text(st))
     else:
@@ -152,12 +153,13 @@ async def status(run_id: str, as_json: bool) -> None:
 @click.option("--phase", help="Only this phase.")
 @click.option("--shard", type=click.IntRange(min=1), metavar="N", help="Only shard N, numbered from 1 (its ci.sh has KATKIT_SHARD_INDEX N-1).")
 @click.option("--follow", "-f", is_flag=True, help="Keep streaming until the run (or phase) ends; each shard ends with its exit.")
+@click.option("--attempt", type=click.IntRange(min=1), metavar="N", help="Attempt N of the run (katkit retry; default: the latest).")
 @run_async
-async def logs(run_id: str, phase: str | None, shard: int | None, follow: bool) -> None:
+async def logs(run_id: str, phase: str | None, shard: int | None, follow: bool, attempt: int | None) -> None:
     """Print a run's builder logs from the log store (also after the builders are gone)."""
     kk = await connect(with_config=False)
     prefix_all = False
-    async for label, data, ended in kk.log_events(run_id, phase, shard, follow):
+    async for label, data, ended in kk.log_events(run_id, phase, shard, follow, attempt=attempt):
         if ended is not None:
             text = f"[katkit] {label}: {shard_ending(ended)}\n" if follow else ""
         else:

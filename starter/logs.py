@@ -51,15 +51,15 @@ def _shards_of(phases: list[PhaseState]) -> str:
 
 class LogCalls(StatusCalls):
     async def shard_logs(self, run_id: str, phase: str | None = None, shard: int | None = None,
-                         wait: bool = False) -> tuple[RunStatus, list[ShardLog]]:
+                         wait: bool = False, attempt: int | None = None) -> tuple[RunStatus, list[ShardLog]]:
         """The run's status and the log of each started shard of each execution phase (or of ``phase``; only shard
         number ``shard``, 1-based). With ``wait``, names and numbers are not checked before the checkout has listed
         the phases (a follower may come before them)."""
         if shard is not None and shard < 1:
             raise BadInput(f"shard {shard}: shards are numbered from 1")
-        handle = await self._handle(run_id)
+        handle = await self._handle(run_id) if attempt is None else await self.attempt_handle(run_id, attempt)
         execution = (await handle.describe()).run_id or ""
-        st = await self.status(run_id)
+        st = await self.status(run_id, attempt)  # a retry's reused phases name their own attempt's log keys
         checkable = bool(st.phases) or st.status in ENDED or not wait
         names = [p.name for p in st.phases]
         if phase is not None and phase not in names and checkable:
@@ -84,14 +84,14 @@ class LogCalls(StatusCalls):
         return st, [(log.label, log.key) for log in logs]
 
     async def log_events(self, run_id: str, phase: str | None = None, shard: int | None = None, follow: bool = False,
-                         interval: float = 0.3) -> AsyncIterator[LogEvent]:
+                         interval: float = 0.3, attempt: int | None = None) -> AsyncIterator[LogEvent]:
         """The shards' bytes from the log store as they come, and one event per shard once it has ended (after its
         last bytes: a shard the run's status shows ended has written its whole log). With ``follow``, until the run
         (or ``phase``) has ended."""
         offsets: dict[str, int] = {}
         told: set[str] = set()
         while True:
-            st, logs = await self.shard_logs(run_id, phase, shard, wait=follow)
+            st, logs = await self.shard_logs(run_id, phase, shard, wait=follow, attempt=attempt)
             settled = st.status in ENDED or (
                 phase is not None and any(p.name == phase and p.ended_at is not None for p in st.phases))
             for log in logs:

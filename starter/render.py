@@ -120,7 +120,8 @@ def _shard(s: ShardState) -> str:
 
 
 def status_table(st: RunStatus, url: str) -> Table:
-    table = Table(title=f"{st.run_id}  [{STYLE.get(st.status, '')}]{st.status}[/]", title_justify="left",
+    attempt = f"  attempt {st.attempt}" if st.attempt > 1 else ""
+    table = Table(title=f"{st.run_id}{attempt}  [{STYLE.get(st.status, '')}]{st.status}[/]", title_justify="left",
                   caption=f"{st.repo}@{st.sha[:12]} -> {st.tenant} ({st.env}), started by {st.started_by}  {url}",
                   caption_justify="left")
     for col in ("phase", "type", "state", "took", "shards / detail"):
@@ -129,6 +130,8 @@ def status_table(st: RunStatus, url: str) -> Table:
     for p in st.phases:
         if p.type == PhaseType.EXECUTION:
             detail = ", ".join(_shard(s) for s in p.shards)
+            if p.reused_from:  # a retry took it as an earlier attempt left it; its logs are that attempt's
+                detail = f"reused from attempt {p.reused_from}: {detail}"
         else:
             detail = p.message or (f"{len(st.approval.decisions)} decision(s)" if st.approval.decisions else "")
         table.add_row(p.name, p.type, f"[{STYLE.get(p.state, '')}]{p.state}[/]", _took(p, now), detail)

@@ -11,7 +11,8 @@ from temporalio.client import WorkflowExecutionDescription, WorkflowExecutionSta
 from temporalio.service import RPCError, RPCStatusCode
 
 from katkit.models import RunStatus
-from katkit.names import QUERY_STATUS, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT
+from katkit.errors import UnknownName
+from katkit.names import COMMIT_RUN, QUERY_STATUS, SA_PHASE, SA_REPO, SA_SHA, SA_STATUS, SA_TENANT
 from katkit.states import TERMINAL, State
 from starter.base import QUERY_DEADLINE, KatkitBase, closed_result
 
@@ -25,11 +26,13 @@ def ended_as(status: ExecStatus | None) -> State:
 
 
 class StatusCalls(KatkitBase):
-    async def status(self, run_id: str) -> RunStatus:
+    async def status(self, run_id: str, attempt: int | None = None) -> RunStatus:
         """The run's status: queried while it runs, read from its result or failure once it has closed.
 
         With no worker polling, an open run's status comes from its search attributes and memo (a query would
         wait for a worker), with ``note`` saying so."""
+        if attempt is not None:
+            return await self.attempt_status(run_id, attempt)
         handle = self.client.get_workflow_handle(run_id, result_type=RunStatus)
         desc = await self._describe(handle)
         if desc.status != OPEN:
@@ -70,4 +73,30 @@ class StatusCalls(KatkitBase):
             st = RunStatus(run_id=handle.id, tenant="?", env="?", repo="?", sha="?", started_by="?", error=str(exc))
         if st.status not in TERMINAL:  # terminated mid-run (no katkit code ran to say so)
             st.status = ended_as(status)
+        return st
+
+    async def executions(self, run_id: str) -> list[str]:
+        """The run's executions (Temporal run ids), oldest first: attempt N is the Nth."""
+        found = [(wf.start_time, wf.run_id) async for wf in self.client.list_workflows(
+            f'WorkflowId = "{run_id}" AND WorkflowType = "{COMMIT_RUN}"')]
+        return [execution for _, execution in sorted(found)]
+
+    async def attempt_handle(self, run_id: str, attempt: int) -> WorkflowHandle[Any, RunStatus]:
+        """The handle of attempt ``attempt`` (from 1) of the run; one line of bad input when there is no such one."""
+        await self._handle(run_id)
+        executions = await self.executions(run_id)
+        if not 1 <= attempt <= len(executions):
+            raise UnknownName(f"run {run_id} has no attempt {attempt} (attempts: 1 to {len(executions)})"
+                              if executions else f"run {run_id} has no attempts listed yet; try again in a moment")
+        return self.client.get_workflow_handle(run_id, run_id=executions[attempt - 1], result_type=RunStatus)
+
+    async def attempt_status(self, run_id: str, attempt: int) -> RunStatus:
+        """The status of attempt ``attempt`` of the run (its result once it has ended; its query while it runs)."""
+        handle = await self.attempt_handle(run_id, attempt)
+        desc = await handle.describe()
+        if desc.status != OPEN:
+            st = await self._closed_status(handle, desc.status)
+        else:
+            st = await self._open_status(handle, desc, await self.worker_polling())
+        st.attempt = attempt
         return st

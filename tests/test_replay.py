@@ -48,6 +48,7 @@ async def test_recorded_histories_replay() -> None:
     assert any(f.name.startswith("gates1_") for f in files) and any(f.name.startswith("github1_") for f in files)
     assert any(f.name.startswith("ledger1_") for f in files)  # a DeployLock keeping a service's ledger
     assert any(f.name.startswith("autorollback1_") for f in files)  # a smoke test failed: the previous image back
+    assert any(f.name.startswith("freeze1_") for f in files) and any(f.name.startswith("retry1_") for f in files)
     assert {f.name for f in files} >= {"hosts1_dev_succeeded.json", "hosts1_host_gone.json"}  # shards on their host
     assert {f.name for f in files} >= {"arch1_deployed.json", "arch1_rollback.json", "arch1_rollback_unlinked.json"}
     assert any(not f.name.startswith(("gates1_", "github1_", "ledger1_", "hosts1_", "arch1_")) for f in files)

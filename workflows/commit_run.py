@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         PhaseState,
         PhaseType,
         RunPlan,
+        RetrySpec,
         RunStatus,
         ShardState,
     )
@@ -58,6 +59,7 @@ GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded befo
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 AUTOROLLBACK_PATCH = "katkit-autorollback-1"  # on_post_deploy_failure: rollback puts the previous image back
+RETRY_PATCH = "katkit-retry-1"  # katkit retry: the earlier attempt's succeeded phases are reused
 FREEZE_PATCH = "katkit-freeze-1"  # a deploy waits while the tenant is frozen (or fails: on_freeze: fail)
 FREEZE_CHECK_TIMEOUT = timedelta(seconds=30)
 MIN_FREEZE_WAIT = timedelta(seconds=1)
@@ -82,6 +84,7 @@ class CommitRun:
         self._status = RunStatus(
             run_id=workflow.info().workflow_id, tenant=inp.tenant.name, env=inp.tenant.env, repo=inp.repo,
             sha=inp.sha, ref=inp.ref, started_by=inp.started_by, started_at=workflow.now(), untrusted=inp.untrusted,
+            attempt=inp.attempt,
             approval=ApprovalState(required=policy.required, approvers=list(policy.approvers),
                                    min_approvals=policy.min_approvals, allow_self_approval=policy.allow_self_approval,
                                    require_proof=policy.require_proof),
@@ -113,9 +116,14 @@ class CommitRun:
                            shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
                 for p in plan.phases
             ]
+            if inp.retry is not None and workflow.patched(RETRY_PATCH):
+                self._reuse(inp.retry)
             for p in self._status.phases:
-                self._github.commit_status(p, "pending", "queued")
+                if not p.reused_from:
+                    self._github.commit_status(p, "pending", "queued")
             for phase, state in zip(plan.phases, self._status.phases):
+                if state.reused_from:
+                    continue
                 if phase.type == PhaseType.EXECUTION:
                     try:
                         await self._execute(phase, state, plan)
@@ -150,6 +158,21 @@ class CommitRun:
             if not self._evicted:
                 await self._webhooks.flush()
                 await self._github.flush()
+
+    def _reuse(self, retry: RetrySpec) -> None:
+        """A retry: the earlier attempt's succeeded execution phases before ``retry.from_phase`` are taken as they
+        ended (state, shards, log keys: their logs stay reachable), never run again; a deployment phase always runs."""
+        earlier = {p.name: p for p in retry.reuse}
+        for i, state in enumerate(self._status.phases):
+            if state.name == retry.from_phase:
+                return
+            old = earlier.get(state.name)
+            if old is None or state.type != PhaseType.EXECUTION or old.state != State.SUCCEEDED \
+                    or old.parallelism != state.parallelism:
+                continue
+            self._status.phases[i] = old.model_copy(update={
+                "reused_from": old.reused_from or retry.from_attempt, "order": state.order,
+                "message": f"reused from attempt {old.reused_from or retry.from_attempt}"})
 
     async def _plan(self, inp: CommitRunInput) -> RunPlan:
         """The checkout's plan; a rollback's is its one deployment phase (nothing to read from a repository)."""
@@ -188,6 +211,7 @@ class CommitRun:
         return DeployInput(run_id=self._status.run_id, execution=workflow.info().run_id, tenant=inp.tenant, kind=kind,
                            service=service, image=image, sha=plan.sha, repo=inp.repo, description=desc,
                            started_by=inp.started_by, approved_by=list(self._status.approval.approved_by),
+                           attempt=inp.attempt,
                            approvals=[RecordedDecision(by=d.by, at=d.at, comment=d.text, verified_by=d.verified_by)
                                       for d in self._status.approval.decisions if d.accepted and d.kind == "approve"],
                            freeze_overrides=[RecordedDecision(by=o.by, at=o.at, comment=o.text)

@@ -84,7 +84,8 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
                              host_queue=settings.host_queue)
     deploys = DeployActivities(settings.home, client, executor=executor, lock_watchdog_s=settings.lock_watchdog)
     reports = ReportActivities(ui_url=settings.ui_url, github_token=settings.github_token)
-    host_bound: list[Callable[..., Any]] = [shards.run_shard, shards.remove_builder]  # this host's builders
+    host_bound: list[Callable[..., Any]] = [shards.run_shard, shards.remove_builder,  # this host's builders
+                                              shards.prepare_builder]
     host_slots = max(1, executor._max_workers // 2)
     common: dict[str, Any] = dict(
         activity_executor=executor,

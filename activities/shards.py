@@ -24,7 +24,7 @@ from katkit.builders import Builder, BuilderSpec, builder_for, builder_name, cac
 from katkit.config import LinkConfig, TenantConfig
 from katkit.gitrepo import RepoMirror, is_remote, normalize_url
 from katkit.logstore import LogStore, tail
-from katkit.models import CheckoutInput, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
+from katkit.models import CheckoutInput, PrepareResult, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
 from katkit.names import log_key
 from katkit.plan import check_run, read_plan
 from katkit.secrets import Masker, resolve
@@ -182,14 +182,8 @@ class ShardActivities:
         result.summary = f"{inp.phase.name} shard {inp.shard_index + 1}/{inp.phase.parallelism}: {ending}"
         return result
 
-    def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
-        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
-        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
-        builder = self._builders(inp.tenant)
-        secrets = resolve_secrets(inp)  # at the edge: values live in this activity and the builder's env, nowhere else
-        token = builder_token(inp, self._github_token)
-        masker = Masker([*secrets.values(), *([token] if token else [])])
-        spec = BuilderSpec(
+    def _spec(self, inp: ShardInput, name: str, env: dict[str, str]) -> BuilderSpec:
+        return BuilderSpec(
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
                     "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
@@ -197,12 +191,34 @@ class ShardActivities:
                     "katkit.task_queue": installation_queue(activity.info().task_queue),
                     "katkit.generation": str(inp.generation)},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
-            env=contract_env(inp, self._github_token, secrets), image=inp.phase.image, local_fleet=inp.local_fleet,
+            env=env, image=inp.phase.image, local_fleet=inp.local_fleet,
             mirror_path=str(self.mirror.mirror_path(inp.link.url)),
             cache_paths=list(inp.tenant.cache),
             cache_scope=cache_scope(inp.tenant.name, inp.link.repo, cache_branch(inp)) if inp.tenant.cache else "",
             cache_save=trusted(inp),  # a fork's code may restore the cache, never write what trusted runs restore
         )
+
+    @activity.defn(name="prepare_builder")
+    @translate_errors
+    def prepare_builder(self, inp: ShardInput) -> PrepareResult:
+        """Make the shard's builder ready while the phase before runs (pipelining): local, checked out; Docker,
+        created. No secret and no GitHub token: they are resolved when ci.sh starts (``run_shard``). A builder that
+        cannot be prepared is no failure: ``run_shard`` then makes it as it always did."""
+        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        spec = self._spec(inp, name, contract_env(inp))
+        if is_remote(spec.repo_url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror):
+            self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
+        self._builders(inp.tenant).prepare(spec)
+        return PrepareResult(builder=name)
+
+    def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
+        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        builder = self._builders(inp.tenant)
+        secrets = resolve_secrets(inp)  # at the edge: values live in this activity and the builder's env, nowhere else
+        token = builder_token(inp, self._github_token)
+        masker = Masker([*secrets.values(), *([token] if token else [])])
+        spec = self._spec(inp, name, contract_env(inp, self._github_token, secrets))
         attempt = activity.info().attempt
         _log_writers.claim(key, attempt)  # this attempt writes the log now; an older one still running stops writing
         recorded = self.log_store.outcome(key)

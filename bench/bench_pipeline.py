@@ -7,8 +7,8 @@ runs its ten phases run bare, back to back (that round's floor, so a busy neighb
 - Docker: ``docker run --rm`` of the same image with the same agent spec and script.
 
 Printed, side by side:
-- a phase through CommitRun (p50) against a bare run (p50): target <= 0.6x on Docker (a builder prepared while the
-  phase before runs, issue 16 point 1), <= 1.0x on the local builder;
+- a phase through CommitRun (p50) against a bare run (p50): target <= 0.6x on Docker, <= 1.0x on the local builder
+  (each phase's builders are prepared while the phase before runs: README, Pipelined builders);
 - the whole pipeline (start to result) against the sum of its ten bare runs, with the same targets.
 Each line says whether its target is met.
 

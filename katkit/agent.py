@@ -4,6 +4,7 @@
 It runs inside every builder (a local process, a container, an ECS task). Its spec is a JSON file::
 
     {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...},
+     "checked_out": false,   # true: the workspace holds the sha already (a builder prepared in advance)
      "cache": {"dir": "/cache/of/this/tenant/repo/branch", "paths": ["node_modules", "~/.cache/pip"], "save": true}}
 
 ``cache`` (optional): each path (``~/x``: in HOME; else in the checkout's folder) is copied from ``dir`` before
@@ -113,8 +114,9 @@ def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
     token = (spec.get("env") or os.environ).get("GITHUB_TOKEN") if spec["repo_url"].startswith(("https://", "http://")) else None
     if token:
         git_env["KATKIT_GIT_TOKEN"] = token
-    _say(out, f"checking out {sha} from {spec['repo_url']}")
-    for cmd in (
+    checked_out = bool(spec.get("checked_out")) and os.path.isdir(os.path.join(ws, ".git"))
+    _say(out, f"checked out {sha} in advance" if checked_out else f"checking out {sha} from {spec['repo_url']}")
+    for cmd in () if checked_out else (
         ["git", *credential_args(token), "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
         ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", sha],
     ):

@@ -110,6 +110,12 @@ class ShardInput(Model):
     ref: str = Field("", description="what the run was started from ('branch B', 'pr N', 'sha S'): the cache's branch")
 
 
+class PrepareResult(Model):
+    """A builder prepared ahead of its phase (``prepare_builder``): its name, for the history and the UI."""
+
+    builder: str
+
+
 class PickHostInput(Model):
     reason: str = ""
 

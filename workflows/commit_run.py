@@ -59,6 +59,7 @@ GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded befo
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 AUTOROLLBACK_PATCH = "katkit-autorollback-1"  # on_post_deploy_failure: rollback puts the previous image back
+PIPELINE_PATCH = "katkit-pipeline-1"  # the next execution phase's builders are prepared while a phase runs
 RETRY_PATCH = "katkit-retry-1"  # katkit retry: the earlier attempt's succeeded phases are reused
 FREEZE_PATCH = "katkit-freeze-1"  # a deploy waits while the tenant is frozen (or fails: on_freeze: fail)
 FREEZE_CHECK_TIMEOUT = timedelta(seconds=30)
@@ -121,18 +122,27 @@ class CommitRun:
             for p in self._status.phases:
                 if not p.reused_from:
                     self._github.commit_status(p, "pending", "queued")
-            for phase, state in zip(plan.phases, self._status.phases):
-                if state.reused_from:
-                    continue
-                if phase.type == PhaseType.EXECUTION:
-                    try:
-                        await self._execute(phase, state, plan)
-                    except RunFailure as exc:
-                        if self._rolls_back_after(exc):  # a phase after the deploy failed: the previous image goes back
-                            raise RunFailure(await self._auto_rollback(state, str(exc))) from None
-                        raise
-                else:
-                    await self._deploy(state, plan)
+            try:
+                for index, (phase, state) in enumerate(zip(plan.phases, self._status.phases)):
+                    if state.reused_from:
+                        continue
+                    if phase.type == PhaseType.EXECUTION:
+                        following = plan.phases[index + 1] if index + 1 < len(plan.phases) else None
+                        if following is not None and following.type == PhaseType.EXECUTION and \
+                                not self._status.phases[index + 1].reused_from and workflow.patched(PIPELINE_PATCH):
+                            self._shards.prepare(following, plan)  # its builders get ready while this phase runs
+                        try:
+                            await self._execute(phase, state, plan)
+                        except RunFailure as exc:
+                            if self._rolls_back_after(exc):  # a phase after the deploy failed: the previous image goes back
+                                raise RunFailure(await self._auto_rollback(state, str(exc))) from None
+                            raise
+                    else:
+                        await self._deploy(state, plan)
+            except BaseException as exc:  # failed, rejected or cancelled: no prepared builder is left behind
+                if not isinstance(exc, GeneratorExit):
+                    await self._shards.discard_prepared()
+                raise
             self._finish(State.SUCCEEDED)
             return self._status
         except RunFailure as exc:

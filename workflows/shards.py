@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PhaseState,
         PickHostInput,
+        PrepareResult,
         RemoveBuilderInput,
         RunPlan,
         ShardInput,
@@ -35,6 +36,8 @@ with workflow.unsafe.imports_passed_through():
         INFRA_RETRY,
         PICK_HOST_TIMEOUT,
         PING_TIMEOUT,
+        PREPARE_RETRY,
+        PREPARE_TIMEOUT,
         SHARD_HEARTBEAT_TIMEOUT,
         SHARD_TIMEOUT_MARGIN,
         failure_text,
@@ -55,10 +58,60 @@ class ShardRunner:
         self.on_change = on_change  # a shard started, ended or moved: the run's page shows it
         self.host: str | None = None
         self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
+        self._prepared: dict[str, list[tuple[asyncio.Future[PrepareResult], str, str]]] = {}  # phase -> (prepare, builder, host)
+
+    # -- pipelining: the next phase's builders are made ready while this one runs ----------------------------
+    def prepare(self, phase: Phase, plan: RunPlan) -> None:
+        """Start preparing ``phase``'s builders (local: checked out; Docker: created), no ci.sh and no secret; the
+        phase's ``run`` uses them, ``discard_prepared`` removes those no phase used."""
+        link = self.inp.link
+        assert link is not None, "a run with execution phases has a link (a rollback has none)"
+        host = self.host or ""
+        prepared: list[tuple[asyncio.Future[PrepareResult], str, str]] = []
+        for i in range(phase.parallelism):
+            inp = ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant, link=link,
+                             sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
+                             deadline=workflow.now() + self.tenant.phase_timeout, untrusted=self.inp.untrusted,
+                             ref=self.inp.ref)
+            task = asyncio.ensure_future(workflow.execute_activity_method(
+                ShardActivities.prepare_builder, inp, start_to_close_timeout=PREPARE_TIMEOUT,
+                retry_policy=PREPARE_RETRY, task_queue=host or None, schedule_to_start_timeout=self._host_wait(host),
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"prepare {phase.name} shard {i + 1}/{phase.parallelism}"))
+            prepared.append((task, builder_name(self.run_id, workflow.info().run_id, phase.name, i), host))
+        self._prepared[phase.name] = prepared
+
+    @staticmethod
+    async def _settle(prepared: list[tuple[asyncio.Future[PrepareResult], str, str]], *, cancelling: bool = False) -> None:
+        """Wait for prepares to end (a cancelled one waits until its activity has ended: a builder made after its
+        removal would be left). ``cancelling``: the run is being cancelled or has failed, nothing here may stop it."""
+        for task, name, _ in prepared:
+            if task.done() and (task.cancelled() or task.exception() is None):
+                continue
+            try:
+                await task
+            except ActivityError as exc:  # not prepared: the shard's builder is made when it starts, as always
+                workflow.logger.info("builder %s not prepared: %s", name, failure_text(exc))
+            except BaseException:  # noqa: BLE001 - a cancel already delivered; the caller goes on removing
+                if not cancelling:
+                    raise
+
+    async def discard_prepared(self) -> None:
+        """Remove the builders prepared for a phase that will not run (the phase before failed, the run was
+        cancelled): they are never left behind (a host that is gone leaves them to its reaper)."""
+        prepared = [entry for entries in self._prepared.values() for entry in entries]
+        self._prepared.clear()
+        await self._settle(prepared, cancelling=True)
+        outcomes = await asyncio.gather(*(self._remove(name, host) for _, name, host in prepared), return_exceptions=True)
+        for (_, name, _), outcome in zip(prepared, outcomes):
+            if isinstance(outcome, BaseException):
+                workflow.logger.warning("prepared builder %s left to its host's reaper: %s", name, outcome)
 
     async def run(self, phase: Phase, state: PhaseState, plan: RunPlan) -> str:
         """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
         error of the workflow's own, stops every sibling shard first and is raised."""
+        await self._settle(self._prepared.get(phase.name, []))  # its builders were prepared while the last phase ran
+        self._prepared.pop(phase.name, None)  # from now on its shards own them (each removes its builder)
         deadline = workflow.now() + self.tenant.phase_timeout
         link = self.inp.link
         assert link is not None, "a run with execution phases has a link (a rollback has none)"

@@ -18,6 +18,10 @@ if TYPE_CHECKING:
     from katkit.config import TenantConfig
 
 
+PREPARED_LABEL = "katkit.prepared"
+"""On a builder made ready while the phase before ran (``Builder.prepare``); its other labels are a started one's."""
+
+
 class BuilderSpec(BaseModel):
     name: str
     labels: dict[str, str] = Field(default_factory=dict)
@@ -57,6 +61,13 @@ class Builder(Protocol):
         missing, the ECS task definition is not registered, ECS placed no task) and InfraError when the engine
         fails.
         """
+
+    def prepare(self, spec: BuilderSpec) -> None:
+        """Make the builder ``spec.name`` ready to run without starting ci.sh (pipelining: while the phase before
+        runs). ``spec.env`` holds no secret here: they are given to ``start``. Local: the workspace checked out at the
+        sha; Docker: the container created, not started; ECS: nothing. Labelled as ``start`` would (and
+        ``katkit.prepared``), so ``list`` and the reaper see it. Idempotent; a later ``start`` of the same spec uses
+        it (and answers True: ci.sh starts then), ``remove`` removes it."""
 
     def state(self, name: str) -> BuilderState:
         """Whether the builder still runs, and once it does not, how it ended.

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from katkit.builders import BuilderSpec, BuilderState, cache_volume
+from katkit.builders import PREPARED_LABEL, BuilderSpec, BuilderState, cache_volume
 from katkit.config import DockerConfig, TenantConfig
 from katkit.errors import BadInput, InfraError, KatkitError
 
@@ -175,16 +175,46 @@ class DockerBuilder(EngineUser):
 
     # -- the protocol ------------------------------------------------------------------------------------
     @engine_errors
+    def prepare(self, spec: BuilderSpec) -> None:
+        """The container created (labelled ``katkit.prepared``), not started; its env holds no secret."""
+        import docker.errors
+
+        try:
+            self.api.inspect_container(spec.name)
+            return
+        except docker.errors.NotFound:
+            pass
+        self._create(spec, prepared=True)
+
+    @engine_errors
     def start(self, spec: BuilderSpec) -> bool:
         import docker.errors
 
         try:
             info = self.api.inspect_container(spec.name)
-            if info["State"]["Status"] == "created":  # created, then the worker died before starting it
-                self.api.start(info["Id"])
-            return False
+            if info["State"]["Status"] != "created":
+                return False
+            if (info["Config"].get("Labels") or {}).get(PREPARED_LABEL) != "1":
+                self.api.start(info["Id"])  # created, then the worker died before starting it
+                return False
+            have = set(info["Config"].get("Env") or [])
+            if all(f"{k}={v}" in have for k, v in spec.env.items()):
+                self.api.start(info["Id"])  # prepared while the phase before ran: ci.sh starts now
+                return True
+            # a prepared container never holds secrets, and Docker cannot add env to a container: make it anew
+            self.api.remove_container(info["Id"], force=True, v=True)
         except docker.errors.NotFound:
             pass
+        created = self._create(spec, prepared=False)
+        if created is None:
+            return False
+        self.api.start(created)
+        return True
+
+    def _create(self, spec: BuilderSpec, prepared: bool) -> str | None:
+        """Create the builder's container; its id, or None when another attempt created it a moment ago."""
+        import docker.errors
+
         image = spec.image or self.config.image  # checked by the run's checkout; create says so if it vanished since
         binds: dict[str, dict[str, str]] = {}
         repo_url = spec.repo_url
@@ -203,20 +233,20 @@ class DockerBuilder(EngineUser):
             binds=binds, network_mode=self._network(spec.local_fleet),
             mem_limit=self.config.memory, nano_cpus=int(self.config.cpus * 1e9) if self.config.cpus else None,
         )
+        labels = {**spec.labels, BUILDER_LABEL: "1", **({PREPARED_LABEL: "1"} if prepared else {})}
         try:
             created = self.api.create_container(
                 image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name,
-                labels={**spec.labels, BUILDER_LABEL: "1"}, environment=spec.env, host_config=host_config,
+                labels=labels, environment=spec.env, host_config=host_config,
             )
         except docker.errors.ImageNotFound:
             self.check_image(spec.image)  # raises the one-line BadInput
             raise
         except docker.errors.APIError as exc:
             if exc.status_code == 409:  # another attempt created it a moment ago: re-attach
-                return False
+                return None
             raise
-        self.api.start(created["Id"])
-        return True
+        return str(created["Id"])
 
     @engine_errors
     def state(self, name: str) -> BuilderState:

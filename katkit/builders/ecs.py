@@ -73,6 +73,9 @@ class EcsBuilder:
     def _cluster(self, local_fleet: bool) -> str:
         return self.config.cluster if local_fleet else self.config.builders_cluster
 
+    def prepare(self, spec: BuilderSpec) -> None:
+        """Nothing to prepare: a task is placed and started by one RunTask."""
+
     @aws_errors
     def check_image(self, image: str | None) -> None:
         """The builder task definition must exist; RunTask cannot override an image, so a ContinerImage is refused."""

@@ -20,9 +20,10 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from katkit import agent
-from katkit.builders import BuilderSpec, BuilderState
+from katkit.builders import PREPARED_LABEL, BuilderSpec, BuilderState
 from katkit.errors import InfraError
 from katkit.gitrepo import is_remote
 from katkit.names import inside
@@ -103,6 +104,36 @@ class LocalBuilder:
     def _dir(self, name: str) -> Path:
         return inside(self.root, name)
 
+    def _body(self, spec: BuilderSpec, d: Path) -> dict[str, Any]:
+        """The agent's spec.json: never ci.sh's environment (secrets among it), which the agent gets as its own."""
+        body = spec.model_dump(mode="json", exclude={"env"}) | {"workspace": str(d / "workspace")}
+        if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
+            body["repo_url"] = spec.mirror_path
+        return body
+
+    def prepare(self, spec: BuilderSpec) -> None:
+        """The builder's directory with spec.json (labels: the reaper sees it) and the workspace checked out at the
+        sha; ``prepared`` marks it done. No process runs and no env is written."""
+        d = self._dir(spec.name)
+        if (d / "prepared").exists() or (d / "pid").exists() or (d / "exit.json").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True)
+        body = self._body(spec, d)
+        body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
+        (d / "spec.json.tmp").write_text(json.dumps(body))
+        os.replace(d / "spec.json.tmp", d / "spec.json")
+        ws = d / "workspace"
+        if ws.exists():
+            shutil.rmtree(ws)
+        git_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ} | {"GIT_TERMINAL_PROMPT": "0", "HOME": str(d)}
+        for cmd in (["git", "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", str(body["repo_url"]), str(ws)],
+                    ["git", "-C", str(ws), "-c", "advice.detachedHead=false", "checkout", "--quiet", spec.sha]):
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=git_env, check=False)
+            if proc.returncode != 0:  # not prepared: start checks out as it always did (and says why it failed)
+                shutil.rmtree(ws, ignore_errors=True)
+                return
+        (d / "prepared").touch()
+
     def start(self, spec: BuilderSpec) -> bool:
         d = self._dir(spec.name)
         if (d / "pid").exists() or (d / "exit.json").exists():
@@ -111,15 +142,16 @@ class LocalBuilder:
         base_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
         env = {**base_env, "HOME": str(d), **spec.env}
         # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk
-        body = spec.model_dump(mode="json", exclude={"env"}) | {"workspace": str(d / "workspace")}
-        if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
-            body["repo_url"] = spec.mirror_path
+        body = self._body(spec, d)
+        prepared = (d / "prepared").exists() and (d / "workspace").is_dir()
+        if prepared:
+            body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
         if spec.cache_scope and spec.cache_paths:  # $KATKIT_HOME/cache/<tenant>/<repo>/<branch>/
             body["cache"] = {"dir": str(inside(self.root.parent / "cache", spec.cache_scope)),
                              "paths": spec.cache_paths, "save": spec.cache_save}
         (d / "spec.json.tmp").write_text(json.dumps(body))
         os.replace(d / "spec.json.tmp", d / "spec.json")
-        if (d / "workspace").exists():  # a start that crashed half-way: begin clean
+        if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
             shutil.rmtree(d / "workspace")
         (d / "log").touch()  # there as soon as the pid is
         # the agent leads a session of its own, so it outlives this worker and killing its group stops ci.sh

@@ -1,0 +1,162 @@
+"""Pipelined builders (issue 16, point 1): while a phase runs, the next execution phase's builders are prepared
+(local: checked out; Docker: created, not started), with no secret; the next phase only starts ci.sh in them.
+One that no phase uses (the phase before failed, the run was cancelled) is removed, and the reaper knows them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+
+from katkit.config import parse_config
+from katkit.errors import RunFailed
+from katkit.sample import commit_files
+from starter.api import Katkit
+from tests.conftest import in_process_worker, status_is, wait_for
+from tests.test_replay import HISTORIES, assert_replays
+
+PIPELINE = json.dumps([{"EnvName": "default", "WorkFlow": [
+    {"Name": name, "PhaseType": 4, "Order": i, "Parallelism": 2 if name == "B" else 1}
+    for i, name in enumerate(["A", "B", "C"], start=1)]}])
+# phase A waits until both shards of B are prepared (checked out, no agent running), then says so; FAIL_A / SLOW_A
+CI = """set -e
+if [ "$KATKIT_PHASE" = A ]; then
+  for i in $(seq 100); do
+    n=$(ls -d "$HOME"/../katkit-*-b-*/prepared 2>/dev/null | wc -l)
+    [ "$n" = 2 ] && break; sleep 0.1
+  done
+  echo "B prepared: $n, agents running in B: $(ls "$HOME"/../katkit-*-b-*/pid 2>/dev/null | wc -l)"
+  [ -f fail_a ] && exit 3
+  [ -f slow_a ] && sleep 60
+fi
+echo "phase $KATKIT_PHASE shard $KATKIT_SHARD_INDEX: secret ${TOKEN:-none}"
+"""
+CONFIG = """
+tenants:
+  - {{name: d-pipe, env: DEV}}
+  - {{name: d-sec, env: DEV, secrets: {{TOKEN: "env:KATKIT_TEST_PIPE_TOKEN"}}}}
+links:
+  - {{repo: taskrunner, url: {url}, tenants: [d-pipe, d-sec]}}
+"""
+TOKEN = "pipe-s3cret-value"
+
+
+async def _log(ks: Katkit, run_id: str, phase: str) -> str:
+    return "".join(data.decode() for _, data in [x async for x in ks.follow_logs(run_id, phase)])
+
+
+def _builders(home: Path) -> list[str]:
+    root = home / "builders"
+    return sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+
+
+@pytest.fixture
+def ks(kk: Katkit, repo: Path, monkeypatch: pytest.MonkeyPatch) -> Katkit:
+    monkeypatch.setenv("KATKIT_TEST_PIPE_TOKEN", TOKEN)
+    return Katkit(kk.client, kk.settings, parse_config(CONFIG.format(url=repo)))
+
+
+@pytest.mark.usefixtures("worker")
+async def test_the_next_phase_is_prepared_while_one_runs_and_only_starts_ci_sh(ks: Katkit, repo: Path) -> None:
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE})
+    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+    st = await ks.wait(handle.run_id)
+    assert [p.state for p in st.phases] == ["succeeded"] * 3
+    a = await _log(ks, handle.run_id, "A")
+    assert "B prepared: 2, agents running in B: 0" in a, a  # checked out, ci.sh not started
+    b = await _log(ks, handle.run_id, "B")
+    assert b.count(f"checked out {sha} in advance") == 2 and b.count("[katkit-agent] running ci.sh") == 2, b
+    assert "secret none" in b
+    c = await _log(ks, handle.run_id, "C")
+    assert f"checked out {sha} in advance" in c, c
+    assert _builders(ks.settings.home) == []
+    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "pipeline1_three_phases.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_prepared_builders_hold_no_secret_and_go_when_the_phase_before_fails(ks: Katkit, repo: Path) -> None:
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "fail_a": "1"})
+    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+    with pytest.raises(RunFailed, match="phase A failed"):
+        await ks.wait(handle.run_id)
+    assert "B prepared: 2" in await _log(ks, handle.run_id, "A")
+    assert _builders(ks.settings.home) == []  # removed before the run ended
+    st = await ks.status(handle.run_id)
+    assert [p.state for p in st.phases] == ["failed", "skipped", "skipped"], st.phases
+    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "pipeline1_phase_before_failed.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_a_cancel_removes_the_running_and_the_prepared_builders(ks: Katkit, repo: Path) -> None:
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
+    handle = await ks.start_run("d-sec", "taskrunner", sha=sha, by="bob")  # secrets: none in a prepared builder
+    await wait_for(lambda: len(list((ks.settings.home / "builders").glob("katkit-*-b-*/prepared"))) == 2, timeout=30)
+    spec_texts = [p.read_text() for p in (ks.settings.home / "builders").glob("katkit-*-b-*/spec.json")]
+    assert spec_texts and all(TOKEN not in t and '"katkit.prepared": "1"' in t for t in spec_texts)
+    await ks.cancel(handle.run_id)
+    await wait_for(lambda: status_is(ks, handle.run_id, "cancelled"), timeout=30)
+    assert _builders(ks.settings.home) == []
+
+
+async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, settings, repo: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    from katkit.builders.local import LocalBuilder
+    from katkit.reaper import reap_once
+
+    monkeypatch.setenv("KATKIT_TEST_PIPE_TOKEN", TOKEN)
+    ks = Katkit(client, settings, parse_config(CONFIG.format(url=repo)))
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
+    async with in_process_worker(client, settings):
+        handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+        await wait_for(lambda: len(list((settings.home / "builders").glob("katkit-*-b-*/prepared"))) == 2, timeout=30)
+        await client.get_workflow_handle(handle.run_id).terminate("test: nothing cleans up after a terminate")
+        await asyncio.sleep(0.5)
+    builder = LocalBuilder(settings.home / "builders")
+    prepared = [n for n, labels in builder.list().items() if labels.get("katkit.prepared") == "1"]
+    assert len(prepared) == 2
+    removed = await reap_once(client, [builder], settings.task_queue)
+    assert set(prepared) <= set(removed) and not [n for n in builder.list() if n in prepared]
+
+
+async def test_docker_prepares_a_created_container_without_secrets(client, settings, repo: Path, docker_api,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KATKIT_TEST_PIPE_TOKEN", TOKEN)
+    tenant = f"d-pipe-{uuid.uuid4().hex[:6]}"
+    ks = Katkit(client, settings, parse_config(f"""
+tenants:
+  - name: {tenant}
+    env: DEV
+    builder: docker
+    secrets: {{TOKEN: "env:KATKIT_TEST_PIPE_TOKEN"}}
+    docker: {{builder_network: none, tenant_network: none}}
+links:
+  - {{repo: taskrunner, url: {repo}, tenants: [{tenant}]}}
+"""))
+    ci = 'if [ "$KATKIT_PHASE" = A ]; then sleep 4; fi\necho "phase $KATKIT_PHASE: secret ${TOKEN:-none}"\n'
+    sha = commit_files(repo, {"ci.sh": ci, "katkitconfig.js": PIPELINE})
+    seen: list[dict[str, object]] = []
+    async with in_process_worker(client, settings):
+        handle = await ks.start_run(tenant, "taskrunner", sha=sha, by="bob")
+
+        def prepared() -> list[dict[str, object]]:
+            found = docker_api.containers(all=True, filters={"label": [f"katkit.tenant={tenant}", "katkit.prepared=1"]})
+            return [docker_api.inspect_container(c["Id"]) for c in found] if len(found) == 2 else []
+
+        seen = await wait_for(prepared, timeout=30)
+        st = await ks.wait(handle.run_id)
+    for info in seen:
+        assert info["State"]["Status"] == "created" and info["Config"]["Labels"]["katkit.phase"] == "B"
+        assert not [e for e in info["Config"]["Env"] if TOKEN in e or e.startswith("TOKEN=")]
+    assert [p.state for p in st.phases] == ["succeeded"] * 3
+    assert (await _log(ks, handle.run_id, "B")).count("secret ***") == 2  # made anew with the secret at start
+    assert not docker_api.containers(all=True, filters={"label": f"katkit.tenant={tenant}"})

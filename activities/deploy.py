@@ -17,6 +17,7 @@ import structlog
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import translate_errors
 from katkit.backends import get_platform
@@ -24,11 +25,11 @@ from katkit.config import TenantConfig
 from katkit.freeze import open_window
 from katkit.models import (ClosedRunsInput, DeployInput, DeployResult, FreezeCheck, FreezeCheckInput, FreezeEntry,
                            FreezeState, LedgerRecord, LockGrant, LockRequest)
-from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, UPDATE_FREEZE_WATCH, deploy_lock_id
+from katkit.names import LEDGER_RECORD, LOCK_ACQUIRE, LOCK_RELEASE, UPDATE_FREEZE_WATCH, deploy_lock_id, freezes_id
 from katkit.platforms import DeploymentRecord, Platform, RunningService
 from katkit.platforms.history import ServiceRecords
 from katkit.states import ErrorType
-from katkit.temporal import describe_or_none, freezes_start, ledger_start
+from katkit.temporal import describe_or_none, is_open, ledger_start
 
 log = structlog.get_logger("katkit.activities")
 
@@ -151,11 +152,15 @@ class DeployActivities:
             w, until = window
             found.append(FreezeEntry(tenant=inp.tenant.name, until=until.astimezone(timezone.utc), reason=w.reason,
                                      source="window", window=f"{w.start} ({w.timezone})"))
-        if self.client is not None:
-            state: FreezeState = await self.client.execute_update_with_start_workflow(
-                UPDATE_FREEZE_WATCH, inp.run_id, result_type=FreezeState,
-                start_workflow_operation=freezes_start(activity.info().task_queue, inp.tenant.name))
-            found += [f for f in state.freezes if f.until > now]
+        wf_id = freezes_id(activity.info().task_queue, inp.tenant.name)
+        if self.client is not None and await is_open(self.client, wf_id):  # no workflow: no ad hoc freeze (none started)
+            try:
+                state: FreezeState = await self.client.get_workflow_handle(wf_id).execute_update(
+                    UPDATE_FREEZE_WATCH, inp.run_id, result_type=FreezeState)
+                found += [f for f in state.freezes if f.until > now]
+            except RPCError as exc:
+                if exc.status != RPCStatusCode.NOT_FOUND:  # closed meanwhile (idle: it had no freeze)
+                    raise
         return FreezeCheck(freeze=max(found, key=lambda f: f.until) if found else None)
 
     @activity.defn(name="closed_runs")

@@ -87,3 +87,25 @@ async def test_retry_reuses_what_succeeded_and_numbers_attempts(kk: Katkit, repo
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
         for name, history in zip(("reused_build", "from_unit_test"), histories):
             (HISTORIES / f"retry1_{name}.json").write_text(history.to_json())
+
+
+async def test_retry_of_a_rejected_run_keeps_its_config_unless_fresh_config(kk: Katkit, sha: str) -> None:
+    handle = await kk.start_run("p-taskrunner", "taskrunner", sha=sha, by="bob")
+    await wait_for(lambda: status_is(kk, handle.run_id, "awaiting_approval"))
+    await kk.reject(handle.run_id, "alice", "not now")
+    with pytest.raises(RunFailed, match="rejected"):
+        await kk.wait(handle.run_id)
+    again = await kk.retry(handle.run_id, by="bob")  # the run's own snapshot: its gate again (a deploy is never reused)
+    await wait_for(lambda: status_is(kk, again.run_id, "awaiting_approval"))
+    st = await kk.status(handle.run_id)
+    assert st.attempt == 2 and [(p.name, p.reused_from) for p in st.phases] == [("BUILD", 1), ("DEPLOY", 0)]
+    await kk.cancel(again.run_id)
+    with pytest.raises(RunFailed, match="cancelled"):
+        await kk.wait(again.run_id)
+    ungated = kk.config.model_copy(deep=True)
+    ungated.tenant("p-taskrunner").approval.required = False
+    fresh = Katkit(kk.client, kk.settings, ungated)
+    third = await fresh.retry(handle.run_id, fresh_config=True, by="bob")  # katkit.yaml as it is now: no gate
+    st = await fresh.wait(third.run_id)
+    assert st.attempt == 3 and st.deployed is not None and not st.approval.required
+    assert [(p.name, p.reused_from) for p in st.phases] == [("BUILD", 1), ("DEPLOY", 0)]

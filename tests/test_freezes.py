@@ -21,6 +21,7 @@ from starter.freezes import parse_until
 from tests.conftest import status_is, wait_for
 from tests.test_hostile_input import cli, one_error_line
 from tests.test_replay import HISTORIES, assert_replays
+from tests.test_run_page import page
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -72,6 +73,9 @@ async def test_an_adhoc_freeze_holds_the_deploy_until_unfreeze(kk: Katkit, sha: 
     assert [(p.name, p.state) for p in st.phases] == [("BUILD", "succeeded"), ("UNIT_TEST", "succeeded"), ("DEPLOY", "frozen")]
     assert st.freeze.by == "carol" and st.freeze.reason == "holidays" and st.freeze.frozen_until is not None
     assert "frozen until" in st.phases[-1].message and st.deployed is None
+    shown = await page(kk, handle.run_id)  # the run's page in the web UI
+    assert "### ❄ frozen · DEPLOY" in shown and "**Frozen**: the deploy waits until" in shown and "(holidays), set by carol" in shown
+    assert f"katkit approve {handle.run_id} --by <you> --override-freeze" in shown
     assert [r.run_id for r in await kk.list(tenant="d-taskrunner", status="frozen")] in ([handle.run_id], [])
     code, out, err = await cli(capsys, monkeypatch, settings, config_file, "status", handle.run_id)
     assert code == 0 and "frozen" in out, err

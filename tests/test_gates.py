@@ -18,6 +18,7 @@ from katkit.platforms.local import LocalPlatform
 from katkit.sample import commit_files
 from starter.api import Katkit
 from tests.conftest import status_is, wait_for
+from tests.test_run_page import page
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -293,6 +294,7 @@ async def test_a_failed_smoke_test_rolls_back_by_itself(client, settings, repo: 
     mine = {e["event"]: e for e in events if e["run_id"] == handle.run_id}  # each its own delivery: in any order
     assert sorted(mine) == ["auto_rolled_back", "deployed", "failed"]
     assert (mine["auto_rolled_back"]["image"], mine["auto_rolled_back"]["failed_phase"]) == (f"taskrunner:{good}", "SMOKE")
+    assert f"**Rolled back** by katkit to `taskrunner:{good}` (3 replica(s))" in await page(kk, handle.run_id)
     trail = await kk.audit(handle.run_id)  # the trail tells it, and agrees with the run
     assert trail.consistent, trail.disagreements
     assert any(e.what == "deployed" and e.text.startswith(f"auto_rollback: taskrunner:{good} runs") for e in trail.entries)

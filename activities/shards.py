@@ -248,6 +248,7 @@ class ShardActivities:
                 if not state.running:
                     break
                 if time.time() >= deadline:
+                    pos = self._pump(builder, name, key, pos, attempt, masker, final=True)  # all it wrote, masked
                     timeout_s = inp.tenant.phase_timeout.total_seconds()
                     self._note(key, f"phase timed out: ci.sh is killed after the phase timeout ({timeout_s:.0f} s)")
                     result = self._finished(key, ShardResult(  # recorded first: a retry finds it, never a half-killed builder
@@ -312,13 +313,15 @@ class ShardActivities:
             chunk = builder.read_log(name, read, LOG_CHUNK)
             if not chunk:
                 return read, written
-            cut = masker.safe_prefix(chunk, final and len(chunk) < LOG_CHUNK)
+            last = len(chunk) < LOG_CHUNK  # all the builder has written so far
+            cut = masker.safe_prefix(chunk, final and last)
             out = masker.mask_bytes(chunk[:cut])
             if out:
                 self.log_store.write_at(key, written, out)
             read, written = read + cut, written + len(out)
-            if cut < len(chunk) or len(chunk) < LOG_CHUNK:
+            if last or cut == 0:  # all there is (final: all of it, masked; else the held-back tail waits for more)
                 return read, written
+            # a full chunk: more follows, read on (a held-back tail is read again with what follows it)
 
     def _note(self, key: str, text: str) -> None:
         line = f"[katkit] {text}\n".encode()

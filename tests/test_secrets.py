@@ -247,3 +247,38 @@ links:
                                             "ResourceNotFoundException"):
             await ks.wait(gone.run_id)
     reset_clients()
+
+
+class _Log:
+    """A builder's log as the pump reads it (by offset), and a log store as it writes (at offsets)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.store = data, bytearray()
+
+    def read_log(self, name: str, offset: int, limit: int) -> bytes:
+        return self.data[offset:offset + limit]
+
+    def write_at(self, key: str, offset: int, data: bytes) -> None:
+        del self.store[offset:]
+        self.store += data
+
+
+def test_the_pump_stores_the_whole_log_masked_however_it_grows(monkeypatch) -> None:
+    """Read while ci.sh writes (a value split across reads), then many chunks left unread when the builder ends:
+    the store holds all of it, every value masked (a builder that ended with more than a chunk unread once lost
+    the rest of its log)."""
+    import activities.shards as shards
+
+    monkeypatch.setattr(shards, "LOG_CHUNK", 256)
+    line = b"x" * 50 + NPM.encode() + b"\n"
+    data = line * 400  # 100 chunks
+    log = _Log(data)
+    pump = shards.ShardActivities.__new__(shards.ShardActivities)
+    pump.log_store = log  # type: ignore[assignment]
+    masker, pos = Masker([NPM]), (0, 0)
+    for end in range(7, 3000, 37):  # a slow writer: the pump sees the log grow a little at a time
+        log.data = data[:end]
+        pos = pump._pump(log, "b", "k", pos, 1, masker, final=False)  # type: ignore[arg-type]
+    log.data = data
+    pos = pump._pump(log, "b", "k", pos, 1, masker, final=True)  # type: ignore[arg-type]
+    assert bytes(log.store) == data.replace(NPM.encode(), MASK) and pos == (len(data), len(log.store))

@@ -30,12 +30,13 @@ class ProofError(ValueError):
     """A key or signature that cannot be read, or a signature that does not prove the decision."""
 
 
-def decision_message(*, run_id: str, sha: str, tenant: str, kind: str, by: str, text: str, signed_at: datetime,
-                     github: str = "") -> bytes:
-    """The bytes an approver signs: the decision bound to its run, sha and tenant, and the time it was signed.
-    ``github``: the login whose comment ``katkit webhook`` vouches for (it signs those)."""
-    fields = {"katkit": "decision/1", "run_id": run_id, "sha": sha, "tenant": tenant, "kind": kind, "by": by,
-              "text": text, "signed_at": utc_text(signed_at)}
+def decision_message(*, run_id: str, execution: str, sha: str, tenant: str, kind: str, by: str, text: str,
+                     signed_at: datetime, github: str = "") -> bytes:
+    """The bytes an approver signs: the decision bound to its run and that run's execution (an attempt: a retry or
+    a new run of the same sha is another), sha and tenant, and the time it was signed. ``github``: the login whose
+    comment ``katkit webhook`` vouches for (it signs those)."""
+    fields = {"katkit": "decision/2", "run_id": run_id, "execution": execution, "sha": sha, "tenant": tenant,
+              "kind": kind, "by": by, "text": text, "signed_at": utc_text(signed_at)}
     if github:
         fields["github"] = github
     return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()

@@ -114,9 +114,10 @@ class Katkit(LogCalls, LedgerCalls, PromotionCalls, AuditCalls, FreezeCalls, Ret
         from katkit.proof import ProofError, decision_message, sign_with_ssh_keygen, signer_fingerprint
 
         st = await self.status(run_id)
+        execution = (await self._describe(self.client.get_workflow_handle(run_id))).run_id or ""  # this attempt only
         now = datetime.now(timezone.utc)
-        message = decision_message(run_id=st.run_id, sha=st.sha, tenant=st.tenant, kind=kind, by=inp.by, text=text,
-                                   signed_at=now)
+        message = decision_message(run_id=st.run_id, execution=execution, sha=st.sha, tenant=st.tenant, kind=kind,
+                                   by=inp.by, text=text, signed_at=now)
         try:
             signature = await asyncio.to_thread(sign_with_ssh_keygen, key, message)
         except ProofError as exc:

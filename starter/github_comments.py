@@ -110,7 +110,9 @@ class CommentDecisions:
         except UnknownName:
             return f"katkit: nothing changed: no run of {sha[:12]} in {cmd.tenant}", None
         now = datetime.now(timezone.utc)
-        message = decision_message(run_id=run_id, sha=st.sha, tenant=st.tenant, kind=cmd.kind, by=approver.name,
+        execution = (await self.kk.client.get_workflow_handle(run_id).describe()).run_id or ""  # this attempt only
+        message = decision_message(run_id=run_id, execution=execution, sha=st.sha, tenant=st.tenant, kind=cmd.kind,
+                                   by=approver.name,
                                    text=cmd.text, signed_at=now, github=approver.github or "")
         try:
             signature = await asyncio.to_thread(sign_with_ssh_keygen, str(key), message)

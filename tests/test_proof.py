@@ -218,14 +218,16 @@ def test_a_bad_approver_entry_is_one_line_exit_2(entry: str, needle: str, capsys
 
 
 # -- the gate's rules, directly (pure: time passed in) ---------------------------------------------------------
-def _gate(config: KatkitConfig, tenant: str = "p-sec", run_id: str = "run-a", sha: str = "a" * 40) -> ApprovalGate:
-    return ApprovalGate(config.tenant(tenant), "dave", ApprovalState(required=True, awaiting=True), run_id=run_id, sha=sha)
+def _gate(config: KatkitConfig, tenant: str = "p-sec", run_id: str = "run-a", sha: str = "a" * 40,
+          execution: str = "attempt-1") -> ApprovalGate:
+    return ApprovalGate(config.tenant(tenant), "dave", ApprovalState(required=True, awaiting=True), run_id=run_id, sha=sha,
+                        execution=execution)
 
 
 def _signed(key: Path, *, run_id: str = "run-a", sha: str = "a" * 40, tenant: str = "p-sec", kind: str = "approve",
-            by: str = "alice", text: str = "", at: datetime) -> DecisionInput:
-    sig = sign_with_ssh_keygen(str(key), decision_message(run_id=run_id, sha=sha, tenant=tenant, kind=kind, by=by,
-                                                          text=text, signed_at=at))
+            by: str = "alice", text: str = "", at: datetime, execution: str = "attempt-1") -> DecisionInput:
+    sig = sign_with_ssh_keygen(str(key), decision_message(run_id=run_id, execution=execution, sha=sha, tenant=tenant,
+                                                          kind=kind, by=by, text=text, signed_at=at))
     return DecisionInput(by=by, comment=text, proof=DecisionProof(signature=sig, signed_at=at, key=signer_fingerprint(sig)))
 
 
@@ -240,6 +242,7 @@ def test_the_gate_refuses_old_future_foreign_and_mismatched_signatures(proof_con
         "another tenant": (_signed(alice, tenant="p-open", at=now), "does not match this decision"),
         "another sha": (_signed(alice, sha="b" * 40, at=now), "does not match this decision"),
         "another kind": (_signed(alice, kind="reject", at=now), "does not match this decision"),
+        "another attempt of the run": (_signed(alice, execution="attempt-0", at=now), "does not match this decision"),
         "bob's key as alice": (_signed(keys["bob"][0], at=now), "not one of alice's"),
         "unsigned": (DecisionInput(by="alice"), "requires a signed decision"),
     }
@@ -349,7 +352,8 @@ tenants:
     gate = ApprovalGate(config.tenant("p-app"), "dave", ApprovalState(required=True, awaiting=True), run_id="r", sha="s")
 
     def claim(key: Path, login: str = "bob-gh") -> DecisionInput:
-        sig = sign_with_ssh_keygen(str(key), decision_message(run_id="r", sha="s", tenant="p-app", kind="approve",
+        sig = sign_with_ssh_keygen(str(key), decision_message(run_id="r", execution="", sha="s", tenant="p-app",
+                                                              kind="approve",
                                                               by="bob", text="", signed_at=now, github=login))
         return DecisionInput(by="bob", proof=DecisionProof(signature=sig, signed_at=now, github=login))
 

@@ -91,7 +91,7 @@ class CommitRun:
                                    require_proof=policy.require_proof),
         )
         self._gate = ApprovalGate(inp.tenant, inp.started_by, self._status.approval,
-                                  run_id=self._status.run_id, sha=inp.sha)
+                                  run_id=self._status.run_id, sha=inp.sha, execution=workflow.info().run_id)
         self._visibility = RunVisibility(self._status, memo=False)
         self._webhooks = WebhookNotifier([], self._status, enabled=False)
         self._github = GitHubReporter(inp.link, inp.tenant, self._status, enabled=False)

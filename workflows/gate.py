@@ -20,12 +20,12 @@ UNVERIFIED = "unverified"
 
 class ApprovalGate:
     def __init__(self, tenant: TenantConfig, started_by: str, state: ApprovalState,
-                 run_id: str = "", sha: str = "") -> None:
+                 run_id: str = "", sha: str = "", execution: str = "") -> None:
         self.policy = tenant.approval
         self.tenant = tenant.name
         self.started_by = started_by
         self.state = state
-        self.run_id, self.sha = run_id, sha  # what a signed decision must be signed for
+        self.run_id, self.sha, self.execution = run_id, sha, execution  # what a signed decision must be signed for
 
     @property
     def decided(self) -> bool:
@@ -81,7 +81,8 @@ class ApprovalGate:
                                 "a replayed signature? sign again")
         if signed_at - now > proof.MAX_AHEAD:
             return UNVERIFIED, f"the signature is dated in the future ({proof.utc_text(signed_at)}); check the signer's clock"
-        message = proof.decision_message(run_id=self.run_id, sha=self.sha, tenant=self.tenant, kind=kind, by=inp.by,
+        message = proof.decision_message(run_id=self.run_id, execution=self.execution, sha=self.sha, tenant=self.tenant,
+                                         kind=kind, by=inp.by,
                                          text=self.text_of(kind, inp), signed_at=signed_at, github=login)
         try:
             fp = proof.verify(inp.proof.signature, message, keys)

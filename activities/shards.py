@@ -196,6 +196,7 @@ class ShardActivities:
             cache_paths=list(inp.tenant.cache),
             cache_scope=cache_scope(inp.tenant.name, inp.link.repo, cache_branch(inp)) if inp.tenant.cache else "",
             cache_save=trusted(inp),  # a fork's code may restore the cache, never write what trusted runs restore
+            trusted=trusted(inp),
         )
 
     @activity.defn(name="prepare_builder")

@@ -353,9 +353,18 @@ class TenantConfig(Strict):
     phases_with_secrets: list[str] | None = Field(None, description="only these phases get the secrets (default: all)")
     secrets_for_fork_prs: bool = Field(False, description="runs for pull requests from forks get the secrets and the "
                                        "GitHub token too (default: they get neither: their code is not trusted)")
+    deploy_fork_prs: bool = Field(False, description="runs for pull requests from forks may deploy (through the gate, "
+                                  "which must then be required); default: their deployment phase is skipped")
     cache: list[CachePath] = Field(default_factory=list, max_length=20, description=(
         "paths kept between runs of one link and branch (local and docker builders): 'node_modules' (in the checkout) "
         "or '~/.cache/pip' (the builder's HOME); restored before ci.sh, saved after a shard that succeeded"))
+
+    @model_validator(mode="after")
+    def _fork_deploys_need_a_gate(self) -> TenantConfig:
+        if self.deploy_fork_prs and not self.approval.required:
+            raise ValueError("deploy_fork_prs: true needs approval.required: true (a person looks at a fork's code "
+                             "before it deploys)")
+        return self
 
     @property
     def builders_need_their_host(self) -> bool:

@@ -135,6 +135,8 @@ def test_a_value_under_four_characters_or_a_bad_reference_is_one_line(tmp_path: 
         parse_config("tenants:\n  - {name: a, env: DEV, secrets: {X: 'vault:x'}}\n")
     with pytest.raises(ConfigError, match="is not an environment variable name"):
         parse_config("tenants:\n  - {name: a, env: DEV, secrets: {'1X': 'env:A'}}\n")
+    with pytest.raises(ConfigError, match="deploy_fork_prs: true needs approval.required: true"):
+        parse_config("tenants:\n  - {name: a, env: DEV, deploy_fork_prs: true}\n")
     with pytest.raises(ConfigError, match="neither an http"):
         parse_config("tenants:\n  - {name: a, env: DEV, webhooks: ['ftp://x']}\n")
 
@@ -207,6 +209,9 @@ async def test_a_forks_pull_request_gets_no_secrets_and_says_so(kk: Katkit, repo
     st = await ks.wait(handle.run_id)
     log = "".join(data.decode() for _, data in [x async for x in ks.follow_logs(handle.run_id, "BUILD")])
     assert "npm=[none]" in log and st.untrusted
+    deploy = next(p for p in st.phases if p.type == "deployment")  # a fork's servicedescription.js never deploys
+    assert deploy.state == "skipped" and "a pull request from a fork deploys nothing" in deploy.message
+    assert st.deployed is None and await ks.deployments("d-sec", "taskrunner") == []
 
 
 @pytest.mark.usefixtures("worker")

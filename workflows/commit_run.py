@@ -228,6 +228,10 @@ class CommitRun:
                                              for o in self._status.freeze.overrides])
 
     async def _deploy(self, state: PhaseState, plan: RunPlan) -> None:
+        if self._inp.untrusted and not self._inp.tenant.deploy_fork_prs:  # a fork's code never deploys by itself
+            self._end_phase(state, State.SKIPPED, "not deployed: a pull request from a fork deploys nothing "
+                                                  f"(tenant {self._inp.tenant.name} has deploy_fork_prs: false)")
+            return
         policy = self._inp.tenant.approval
         opened = workflow.now()
         if policy.required:

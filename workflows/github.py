@@ -22,7 +22,8 @@ GITHUB_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coeffi
                            maximum_interval=timedelta(seconds=30), non_retryable_error_types=[ErrorType.BAD_INPUT])
 GITHUB_BATCH_BUDGET = timedelta(minutes=5)  # one batch of updates, retries included; then the next batch
 GITHUB_FLUSH = timedelta(seconds=60)  # how long a finished run waits for GitHub to take its last updates
-COMMIT_STATE = {State.SUCCEEDED: "success", State.FAILED: "failure", State.REJECTED: "failure"}  # else: error
+COMMIT_STATE = {State.SUCCEEDED: "success", State.FAILED: "failure", State.REJECTED: "failure",
+                State.SKIPPED: "success"}  # else: error
 DEPLOYMENT_STATE = {State.SUCCEEDED: "success", State.FAILED: "failure"}  # else (rejected, cancelled...): error
 
 

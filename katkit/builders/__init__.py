@@ -35,6 +35,7 @@ class BuilderSpec(BaseModel):
     cache_scope: str = Field("", description="tenant/repo/branch whose cache the builder restores and saves ('' none)")
     cache_paths: list[str] = Field(default_factory=list, description="the tenant's cache paths ('~/x' or checkout-relative)")
     cache_save: bool = Field(True, description="save the cache after a shard that succeeded (not for untrusted code)")
+    trusted: bool = Field(True, description="False for a fork's pull request: no engine socket, nothing shared")
 
 
 class BuilderState(BaseModel):

@@ -221,7 +221,7 @@ class DockerBuilder(EngineUser):
         if self.config.mount_mirror and spec.mirror_path:
             binds[spec.mirror_path] = {"bind": MIRROR_IN_BUILDER, "mode": "ro"}
             repo_url = MIRROR_IN_BUILDER
-        if self.config.docker_socket:
+        if self.config.docker_socket and spec.trusted:  # the engine sees every builder's env: never to a fork's code
             sock = self._base_url().removeprefix("unix://")
             binds[sock] = {"bind": "/var/run/docker.sock", "mode": "rw"}
         agent_spec: dict[str, Any] = {"repo_url": repo_url, "sha": spec.sha, "folder": spec.folder,

@@ -34,6 +34,17 @@ from katkit.temporal import describe_or_none, is_open, ledger_start
 log = structlog.get_logger("katkit.activities")
 
 
+def _env_names(extra_config: str | None) -> list[str]:
+    """The names of a service's env vars (ExtraConfig): what a deploy's result says it kept, never the values."""
+    from katkit.errors import BadInput
+    from katkit.platforms.docker import parse_extra_config
+
+    try:
+        return sorted(parse_extra_config(extra_config))
+    except BadInput:
+        return []
+
+
 class DeployActivities:
     """``deploy`` and ``closed_runs``: what needs the Temporal client (locks, ledgers) and the platforms."""
 
@@ -124,7 +135,7 @@ class DeployActivities:
         if running is not None and running.image == inp.image and last is not None and \
                 (last.run_id, last.execution) == (inp.run_id, inp.execution):  # a retry after the deploy went through
             return DeployResult(service=inp.service, image=inp.image, previous_image=last.previous_image,
-                                replicas=replicas, extra_config=extra, deployed_at=last.at,
+                                replicas=replicas, env_names=_env_names(extra), deployed_at=last.at,
                                 lock_waited_s=waited_s, started_at=started), None
         previous = last.image if last is not None else running.image if running is not None else None
         target = RunningService(name=inp.service, image=inp.image, extra_config=extra, replicas=replicas,
@@ -138,7 +149,7 @@ class DeployActivities:
         log.info("deployed", run_id=inp.run_id, tenant=inp.tenant.name, service=inp.service, image=inp.image,
                  kind=inp.kind)
         return DeployResult(service=inp.service, image=inp.image, previous_image=record.previous_image,
-                            replicas=replicas, extra_config=extra, deployed_at=datetime.now(timezone.utc),
+                            replicas=replicas, env_names=_env_names(extra), deployed_at=datetime.now(timezone.utc),
                             lock_waited_s=waited_s, started_at=started), record
 
     @activity.defn(name="freeze_check")

@@ -174,7 +174,8 @@ class DeployResult(Model):
     image: str
     previous_image: str | None = None
     replicas: int
-    extra_config: str | None = None
+    env_names: list[str] = Field(default_factory=list, description="the env vars (ExtraConfig) kept, by name: their "
+                                 "values may be secrets and are never in history")
     deployed_at: datetime
     lock_waited_s: float = Field(0.0, description="how long the deploy waited for the tenant service's deploy lock")
     started_at: datetime | None = Field(None, description="when the deploy itself began (lock held)")

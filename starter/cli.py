@@ -130,12 +130,12 @@ def _main(argv: list[str] | None) -> None:
         err.print("katkit: aborted")
         sys.exit(130)
     except click.ClickException as exc:
-        err.print(f"katkit: error: {exc.format_message()}")
+        err.print(f"katkit: error: {exc.format_message()}", markup=False)
         sys.exit(2)
     except KatkitError as exc:
         if debug:
             raise
-        err.print(f"katkit: error: {exc}")
+        err.print(f"katkit: error: {exc}", markup=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -143,6 +143,6 @@ def _main(argv: list[str] | None) -> None:
         if debug:
             raise
         err.print(f"katkit: unexpected error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                  "(run with --debug for the traceback)")
+                  "(run with --debug for the traceback)", markup=False)
         sys.exit(1)
 

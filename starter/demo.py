@@ -81,7 +81,7 @@ async def run_demo(console: Console) -> None:
     assert st.deployed is not None
     console.print(
         f"\n[green bold]deployed {st.deployed.image}[/] to p-taskrunner "
-        f"(replicas {st.deployed.replicas} and env {st.deployed.extra_config!r} kept from the running service; "
+        f"(replicas {st.deployed.replicas} and env {', '.join(st.deployed.env_names) or 'none'} kept from the running service; "
         f"previous image {st.deployed.previous_image})"
     )
     console.print(f"web UI: {handle.url}")

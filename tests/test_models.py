@@ -49,8 +49,8 @@ def test_the_deploy_activity_takes_an_old_input_and_records_its_kind(tmp_path: P
     platform.put("d-taskrunner", RunningService(name="taskrunner", image=result.image, extra_config="A=1", replicas=5))
     back = DeployInput.model_validate(_old_deploy("taskrunner:old"))
     result, record = activities._deploy_sync(back, record, 0.0)
-    assert (result.image, result.previous_image, result.replicas, result.extra_config) == \
-        ("taskrunner:old", f"taskrunner:{SHA}", 5, "A=1")
+    assert (result.image, result.previous_image, result.replicas, result.env_names) == \
+        ("taskrunner:old", f"taskrunner:{SHA}", 5, ["A"])
     assert record is not None and record.kind == DeployKind.ROLLBACK
 
 

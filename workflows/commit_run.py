@@ -271,6 +271,7 @@ class CommitRun:
         (``katkit approve --override-freeze``) lets this run deploy through it."""
         freeze, began, waited = self._status.freeze, workflow.now(), False
         while not freeze.overrides:
+            self._freeze_changed = False  # before asking: an unfreeze while the check runs wakes the wait below
             check: FreezeCheck = await workflow.execute_activity_method(
                 DeployActivities.freeze_check, FreezeCheckInput(tenant=self._inp.tenant, run_id=self._status.run_id),
                 start_to_close_timeout=FREEZE_CHECK_TIMEOUT, retry_policy=INFRA_RETRY, summary="freeze check")
@@ -288,7 +289,7 @@ class CommitRun:
                 raise RunFailure(f"not deployed: {self._inp.tenant.name} is {what} (on_freeze: fail)")
             if not waited:
                 self._webhooks.send("frozen", until=found.until.isoformat(), reason=found.reason, by=found.by)
-            waited, self._freeze_changed = True, False
+            waited = True
             state.message = what
             self._start_phase(state, State.FROZEN)
             self._visibility.memo()
@@ -308,6 +309,9 @@ class CommitRun:
         names = policy.approvers
         if not by:
             return "name who overrides the freeze (--by)"
+        if policy.require_proof:  # an override cannot be signed (yet): a name alone proves nothing here
+            return (f"tenant {st.tenant} requires signed decisions and a freeze override cannot be signed; "
+                    f"lift the freeze instead (katkit unfreeze --tenant {st.tenant} --by <you>)")
         if st.status in TERMINAL or st.deployed is not None:
             return f"run {st.run_id} has {'deployed' if st.deployed else 'ended'} already; no freeze to override"
         if names and by not in names:
@@ -361,6 +365,8 @@ class CommitRun:
                 summary=f"{deploy.kind} {deploy.service} -> {deploy.image} ({failed.name} failed)",
             )
         except ActivityError as exc:
+            if isinstance(exc.cause, CancelledError):  # the run was cancelled meanwhile: it ends cancelled, not failed
+                raise
             cause = failure_text(exc)
             failed.message = f"{failed.message}; the rollback to {image} failed: {cause}"
             return f"{why} (the rollback to {image} failed: {cause})"

@@ -27,7 +27,7 @@ DEPLOY_TIMEOUT = timedelta(minutes=30)
 DEPLOY_HEARTBEAT_TIMEOUT = timedelta(seconds=10)
 CLEANUP_TIMEOUT = timedelta(minutes=2)
 PREPARE_TIMEOUT = timedelta(minutes=2)  # a checkout or a container create; a prepare that fails is only not used
-PREPARE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_attempts=3)
+PREPARE_RETRY = RetryPolicy(maximum_attempts=1)  # a prepare that failed is only not used: never two at once
 PICK_HOST_TIMEOUT = timedelta(seconds=30)
 PING_TIMEOUT = timedelta(seconds=30)  # a live host answers a ping at once, however busy
 

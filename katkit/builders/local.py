@@ -117,7 +117,8 @@ class LocalBuilder:
         d = self._dir(spec.name)
         if (d / "prepared").exists() or (d / "pid").exists() or (d / "exit.json").exists():
             return
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
+        d.chmod(0o700)
         body = self._body(spec, d)
         body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
         (d / "spec.json.tmp").write_text(json.dumps(body))
@@ -138,7 +139,8 @@ class LocalBuilder:
         d = self._dir(spec.name)
         if (d / "pid").exists() or (d / "exit.json").exists():
             return False
-        d.mkdir(parents=True, exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
+        d.chmod(0o700)
         base_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
         env = {**base_env, "HOME": str(d), **spec.env}
         # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk

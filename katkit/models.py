@@ -10,15 +10,25 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from katkit.config import LinkConfig, TenantConfig, WebhookTarget
-from katkit.platforms import DeploymentRecord, RecordedDecision
+from katkit.platforms import RecordedDecision
+from katkit.models_base import Model
 from katkit.states import DeployKind, Outcome, State
-
-
-class Model(BaseModel):
-    model_config = ConfigDict(frozen=False, extra="ignore")
+from katkit.service_models import (  # noqa: F401 - re-exported: katkit.models is where payloads are found
+    LockRequest as LockRequest,
+    LockGrant as LockGrant,
+    LockEntry as LockEntry,
+    LockState as LockState,
+    FreezeEntry as FreezeEntry,
+    FreezeState as FreezeState,
+    UnfreezeInput as UnfreezeInput,
+    FreezeCheckInput as FreezeCheckInput,
+    FreezeCheck as FreezeCheck,
+    LedgerRecord as LedgerRecord,
+    ClosedRunsInput as ClosedRunsInput,
+)
 
 
 class PhaseType(StrEnum):
@@ -311,91 +321,6 @@ class RollbackSpec(Model):
     image: str
     sha: str = Field("", description="the commit the image was built from, when the ledger knows it")
     repo: str = Field("", description="the repository the image was built from, when the ledger knows it")
-
-
-class LockRequest(Model):
-    tenant: str
-    service: str
-    run_id: str
-    execution: str = ""
-    policy: str = "queue"
-
-
-class LockGrant(Model):
-    granted: bool
-    superseded_by: str = ""
-    waited_s: float = 0.0
-    last: DeploymentRecord | None = Field(None, description="the service's last deployment, from its ledger")
-    imported: bool = Field(True, description="False until the service's JSON history of older versions was imported")
-
-
-class LockEntry(Model):
-    run_id: str
-    execution: str = ""
-    since: datetime
-
-
-class LockState(Model):
-    tenant: str
-    service: str
-    policy: str = "queue"
-    holder: LockEntry | None = None
-    waiters: list[LockEntry] = Field(default_factory=list)
-    superseded: dict[str, str] = Field(default_factory=dict)
-    withdrawn: list[str] = Field(default_factory=list)
-    grants: int = 0
-    watchdog_s: float = Field(30.0, description="how often the holder and waiters are checked for closed runs")
-    records: list[DeploymentRecord] = Field(default_factory=list, description="the service's ledger: its last deployments")
-    imported: bool = Field(False, description="whether the JSON history of older versions has been imported")
-
-
-class FreezeEntry(Model):
-    """A freeze of a tenant's deploys: an ad hoc one (``katkit freeze``) or a recurring window of katkit.yaml."""
-
-    tenant: str
-    until: datetime
-    reason: str = ""
-    by: str = Field("", description="who set it ('' for a recurring window)")
-    set_at: datetime | None = None
-    source: Literal["adhoc", "window"] = "adhoc"
-    window: str = Field("", description="a recurring window: its cron start and time zone")
-    in_force: bool = Field(True, description="a recurring window: whether it is open now")
-    next_start: datetime | None = Field(None, description="a recurring window not open now: when it opens next")
-
-
-class FreezeState(Model):
-    """A tenant's TenantFreezes workflow: its ad hoc freezes and the runs whose deploys wait for them."""
-
-    tenant: str
-    freezes: list[FreezeEntry] = Field(default_factory=list)
-    waiters: list[str] = Field(default_factory=list, description="runs told when a freeze is lifted")
-    lifted: list[FreezeEntry] = Field(default_factory=list, description="the last freezes lifted early, 'by' who lifted")
-
-
-class UnfreezeInput(Model):
-    by: str
-
-
-class FreezeCheckInput(Model):
-    tenant: TenantConfig
-    run_id: str = Field(description="a run told when an ad hoc freeze is lifted, while it waits")
-
-
-class FreezeCheck(Model):
-    """Whether a tenant is frozen now: the freeze that lasts longest, or None."""
-
-    freeze: FreezeEntry | None = None
-
-
-class LedgerRecord(Model):
-    """A deployment for a tenant service's ledger, with the old JSON history the first time (imported once)."""
-
-    record: DeploymentRecord
-    legacy: list[DeploymentRecord] = Field(default_factory=list)
-
-
-class ClosedRunsInput(Model):
-    executions: list[tuple[str, str]] = Field(default_factory=list, description="(workflow id, run id) pairs")
 
 
 class NotifyInput(Model):

@@ -98,12 +98,7 @@ class DeploymentSteps:
         self._start_phase(state, State.DEPLOYING)
         deploy = self._deploy_input(plan)
         try:
-            result: DeployResult = await workflow.execute_activity_method(
-                DeployActivities.deploy, deploy,
-                start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{deploy.kind} {deploy.service} -> {deploy.image}",
-            )
+            result = await self._run_deploy(deploy, f"{deploy.kind} {deploy.service} -> {deploy.image}")
         except ActivityError as exc:
             cause, superseded = failure_text(exc), is_error(exc, ErrorType.SUPERSEDED)
             self._end_phase(state, State.CANCELLED if superseded else State.FAILED, cause)
@@ -115,6 +110,15 @@ class DeploymentSteps:
         self._end_phase(state, State.SUCCEEDED, f"deployed {result.image}")
         self._webhooks.send("rolled_back" if deploy.kind == DeployKind.ROLLBACK else "deployed", image=result.image,
                             previous_image=result.previous_image)
+
+    @staticmethod
+    async def _run_deploy(deploy: DeployInput, summary: str) -> DeployResult:
+        """The deploy activity: the service's lock, the platform, the ledger; a cancel waits for it to let go."""
+        result: DeployResult = await workflow.execute_activity_method(
+            DeployActivities.deploy, deploy,
+            start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED, summary=summary)
+        return result
 
     async def _respect_freezes(self, state: PhaseState) -> None:
         """No deploy while the tenant is frozen (a recurring window of its config, or ``katkit freeze``): wait until the
@@ -192,12 +196,7 @@ class DeploymentSteps:
                              kind=DeployKind.AUTO_ROLLBACK, service=deployed.service, image=image, repo=self._inp.repo,
                              started_by=AUTO_ROLLBACK_ACTOR, failed_phase=failed.name)
         try:
-            result: DeployResult = await workflow.execute_activity_method(
-                DeployActivities.deploy, deploy,
-                start_to_close_timeout=DEPLOY_TIMEOUT, heartbeat_timeout=DEPLOY_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"{deploy.kind} {deploy.service} -> {deploy.image} ({failed.name} failed)",
-            )
+            result = await self._run_deploy(deploy, f"{deploy.kind} {deploy.service} -> {deploy.image} ({failed.name} failed)")
         except ActivityError as exc:
             if isinstance(exc.cause, CancelledError):  # the run was cancelled meanwhile: it ends cancelled, not failed
                 raise

@@ -23,6 +23,10 @@ from katkit.temporal import DATA_CONVERTER, temporal_binary
 from starter.api import Katkit
 from worker import build_worker
 
+# `./dev.sh test` exports how it was called (KATKIT_PROG, so that printed commands say ./dev.sh): the CLI under test
+# prints `katkit ...` however pytest was started (a test that wants the other sets it itself)
+os.environ.pop("KATKIT_PROG", None)
+
 
 @pytest.fixture(scope="session")
 async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -30,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.bench_docker import bare_runs as bare_docker_runs  # noqa: E402 - the same bare docker run --rm
 from bench.bench_local import bare_agent_runs  # noqa: E402
 from bench.harness import katkit_on_dev_server, noop_pipeline, pct, run_commit  # noqa: E402
 from katkit.gitrepo import RepoMirror  # noqa: E402
@@ -39,17 +39,6 @@ from katkit.sample import commit_files  # noqa: E402
 PHASES = 10
 IMAGE = "katkit-builder:latest"
 TARGETS = {"docker": 0.6, "local": 1.0}
-
-
-def bare_docker_runs(mirror: Path, sha: str, n: int) -> list[float]:
-    spec = json.dumps({"repo_url": "/katkit/mirror", "sha": sha, "folder": "", "workspace": "/workspace/src"})
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{mirror}:/katkit/mirror:ro",
-                        "-e", "KATKIT_PHASE=BARE", IMAGE, "--spec-json", spec], check=True, capture_output=True)
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def docker_answers() -> bool:

@@ -114,6 +114,12 @@ def secret_env(monkeypatch, tmp_path: Path, hook_server: str) -> dict[str, Path]
     return {"multi": multi, "hook_file": hook_file}
 
 
+def secret_katkit(kk: Katkit, repo: Path, secret_env: dict[str, Path]) -> Katkit:
+    """The test's Katkit with CONFIG's tenants (secrets, webhook targets) on the session's server."""
+    config = parse_config(CONFIG.format(url=repo, multi=secret_env["multi"], hook_file=secret_env["hook_file"]))
+    return Katkit(kk.client, kk.settings, config)
+
+
 def test_masking_covers_every_form_and_a_value_split_across_reads() -> None:
     masker = Masker([NPM, MULTI])
     for form in forms(NPM) | forms(MULTI):
@@ -144,8 +150,7 @@ def test_a_value_under_four_characters_or_a_bad_reference_is_one_line(tmp_path: 
 @pytest.mark.usefixtures("worker")
 async def test_secrets_reach_ci_sh_and_no_log_history_or_process_shows_them(
         kk: Katkit, repo: Path, secret_env: dict[str, Path], capfd, caplog) -> None:
-    config = parse_config(CONFIG.format(url=repo, multi=secret_env["multi"], hook_file=secret_env["hook_file"]))
-    ks = Katkit(kk.client, kk.settings, config)
+    ks = secret_katkit(kk, repo, secret_env)
     sha = commit_files(repo, {"ci.sh": PRINTS + "exit 0\n"})
     handle = await ks.start_run("d-sec", "taskrunner", sha=sha, by="bob")
     args: list[str] = []
@@ -182,8 +187,7 @@ async def test_secrets_reach_ci_sh_and_no_log_history_or_process_shows_them(
 @pytest.mark.usefixtures("worker")
 async def test_a_missing_or_too_short_secret_fails_the_phase_in_one_line(kk: Katkit, repo: Path,
                                                                         secret_env: dict[str, Path]) -> None:
-    config = parse_config(CONFIG.format(url=repo, multi=secret_env["multi"], hook_file=secret_env["hook_file"]))
-    ks = Katkit(kk.client, kk.settings, config)
+    ks = secret_katkit(kk, repo, secret_env)
     sha = commit_files(repo, {"ci.sh": "echo hi\n"})
     gone = await ks.start_run("d-missing", "taskrunner", sha=sha, by="bob")
     with pytest.raises(RunFailed, match="secret GONE of tenant d-missing: env:KATKIT_TEST_NOT_SET is not set in the "
@@ -202,8 +206,7 @@ async def test_a_missing_or_too_short_secret_fails_the_phase_in_one_line(kk: Kat
 @pytest.mark.usefixtures("worker")
 async def test_a_forks_pull_request_gets_no_secrets_and_says_so(kk: Katkit, repo: Path,
                                                                 secret_env: dict[str, Path]) -> None:
-    config = parse_config(CONFIG.format(url=repo, multi=secret_env["multi"], hook_file=secret_env["hook_file"]))
-    ks = Katkit(kk.client, kk.settings, config)
+    ks = secret_katkit(kk, repo, secret_env)
     sha = commit_files(repo, {"ci.sh": 'echo "npm=[${NPM_TOKEN:-none}]"\n'})
     handle = await ks.start_run("d-sec", "taskrunner", sha=sha, by="github:stranger", untrusted=True)
     st = await ks.wait(handle.run_id)

@@ -67,7 +67,7 @@ async def main(warm: int) -> None:
     print(f"katkit bench: cache, a ci.sh that builds a 4 MB artefact unless cached; 1 cold + {warm} warm runs per builder"
           f" (load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}, {os.cpu_count()} cores)")
     try:
-        async with katkit_on_dev_server(work, 17995, config) as kk:
+        async with katkit_on_dev_server(work, config) as kk:
             for b in builders:
                 times = []
                 for n in range(warm + 1):

@@ -27,7 +27,6 @@ from bench.harness import katkit_on_dev_server, pct  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
 from starter.api import Katkit  # noqa: E402
-from tests.chaos import free_port  # noqa: E402
 
 TARGET_P95_S = 5.0
 BASELINE_THROTTLE = timedelta(seconds=8)  # the SDK's throttle for a 10 s heartbeat timeout: 80% of it
@@ -68,7 +67,7 @@ async def measure(runs: int, throttle: timedelta) -> list[float]:
     repo = work / "repo"
     commit_files(repo, {"ci.sh": "true\n"})
     config = f"tenants: [{{name: d-bench, env: DEV}}]\nlinks: [{{repo: r, url: {repo}, tenants: [d-bench]}}]\n"
-    async with katkit_on_dev_server(work, free_port(), config) as kk:
+    async with katkit_on_dev_server(work, config) as kk:
         return [await one_cancel(kk, repo, i) for i in range(runs)]
 
 

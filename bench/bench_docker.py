@@ -62,7 +62,7 @@ async def main(runs: int) -> None:
     tenants = (f"tenants: [{{name: bench, env: DEV, builder: docker, docker: {{builder_network: none}}}}]\n"
                f"links: [{{repo: r, url: {repo}, tenants: [bench]}}]\n")
     phase_s: list[float] = []
-    async with katkit_on_dev_server(work, 17997, tenants) as kk:
+    async with katkit_on_dev_server(work, tenants) as kk:
         for r in range(runs + 1):  # the first run warms up
             st = await run_commit(kk, "bench", repo, {**noop, "run.txt": str(r)})
             if r:

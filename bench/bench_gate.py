@@ -63,7 +63,7 @@ async def main(runs: int) -> None:
                         "servicedescription/servicedescription.js": json.dumps({"Name": "app", "DockerImage": "app:<hubtag>"})})
     tenants = ("tenants: [{name: p-bench, env: PROD, approval: {required: true, approvers: [alice]}}]\n"
                f"links: [{{repo: r, url: {repo}, tenants: [p-bench]}}]\n")
-    async with katkit_on_dev_server(work, 17996, tenants) as kk:
+    async with katkit_on_dev_server(work, tenants) as kk:
         await one_run(kk, repo, -1)  # warm-up
         results = [await one_run(kk, repo, i) for i in range(runs)]
     to_activity = [r[0] for r in results]

@@ -48,7 +48,7 @@ async def main(runs: int, tenants: int) -> None:
               + f"links: [{{repo: r, url: {repo}, tenants: [{', '.join(names)}]}}]\n")
     jobs = [(names[i % tenants], shas[i // tenants]) for i in range(runs)]
     load = os.getloadavg()
-    async with katkit_on_dev_server(work, 17993, config) as kk:
+    async with katkit_on_dev_server(work, config) as kk:
         started: dict[str, float] = {}
         latency: dict[str, float] = {}
 

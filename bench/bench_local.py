@@ -75,7 +75,7 @@ async def main(runs: int) -> None:
     over: list[float] = []
     bare: list[float] = []
     totals = []
-    async with katkit_on_dev_server(work, 17999, tenants) as kk:
+    async with katkit_on_dev_server(work, tenants) as kk:
         for r in range(runs + 1):  # the first run warms up the worker and the git mirror
             t0 = time.perf_counter()
             st = await run_commit(kk, "bench", repo, {"run.txt": str(r)})

@@ -12,7 +12,7 @@ from typing import Any
 from katkit.config import Settings, parse_config
 from katkit.models import RunStatus
 from katkit.sample import commit_files
-from katkit.temporal import start_dev_server
+from katkit.temporal import free_port, start_dev_server
 from starter.api import Katkit
 from worker import run_worker
 
@@ -30,9 +30,10 @@ def pct(values: list[float], p: float) -> float:
 
 
 @contextlib.asynccontextmanager
-async def katkit_on_dev_server(work: Path, port: int, config_yaml: str, **settings: Any) -> AsyncIterator[Katkit]:
-    """A dev server on ``port`` (state under ``work``), a worker, and a starter for ``config_yaml``."""
-    server = start_dev_server(work, port=port, ui_port=port + 1000)
+async def katkit_on_dev_server(work: Path, config_yaml: str, **settings: Any) -> AsyncIterator[Katkit]:
+    """A dev server on a free port (state under ``work``), a worker, and a starter for ``config_yaml``."""
+    port = free_port()
+    server = start_dev_server(work, port=port, ui_port=free_port())
     try:
         s = Settings(home=work / "home", address=f"127.0.0.1:{port}", task_queue=f"bench-{port}", **settings)
         kk = await Katkit.connect(s, parse_config(config_yaml))

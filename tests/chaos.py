@@ -8,7 +8,6 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 
 from katkit.config import Settings, parse_config
 from katkit.sample import SAMPLE_CONFIG_YAML, commit_files
-from katkit.temporal import connect, start_dev_server
+from katkit.temporal import connect, free_port, start_dev_server
 from starter.api import Katkit
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,11 +30,6 @@ fi
 echo "$KATKIT_PHASE done"
 """
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class DevServer:

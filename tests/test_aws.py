@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from katkit.temporal import free_port
 from katkit.aws import client as aws_client
 from katkit.aws import reset_clients
 from katkit.config import KatkitConfig, Settings, parse_config
@@ -33,12 +33,6 @@ from tests.test_worker_crash import start_worker
 
 ACCOUNT, REGION = "123456789012", "us-east-1"
 BUILDER_FAMILY = "katkit-builder"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 AWS_CALLS: set[str] = set()
@@ -60,7 +54,7 @@ def moto_url() -> Iterator[str]:
     if not hasattr(NetworkInterface, "private_dns_name"):  # moto 5.2's RunTask with awsvpc reads it, no ENI has it
         NetworkInterface.private_dns_name = property(
             lambda self: f"ip-{self.private_ip_address.replace('.', '-')}.ec2.internal")
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",

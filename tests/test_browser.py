@@ -8,7 +8,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import urllib.parse
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from katkit.config import Settings
 from katkit.errors import RunFailed
 from katkit.sample import commit_files
 from katkit.platforms.local import LocalPlatform
-from katkit.temporal import start_dev_server
+from katkit.temporal import free_port, start_dev_server
 from starter.api import Katkit
 from tests.conftest import status_is, wait_for
 from worker import run_worker
@@ -26,12 +25,6 @@ from worker import run_worker
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -58,7 +51,7 @@ async def ui(playwright_api, home: Path, config, tmp_path: Path):
     """A dev server with its web UI on free ports, a worker, and a headless Chromium page: (kk, page)."""
     import asyncio
 
-    port, ui_port = _free_port(), _free_port()
+    port, ui_port = free_port(), free_port()
     server = start_dev_server(tmp_path / "ui-server", port=port, ui_port=ui_port)
     try:
         settings = Settings(home=home, address=f"127.0.0.1:{port}", ui_url=f"http://127.0.0.1:{ui_port}",

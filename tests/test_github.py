@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from activities.shards import contract_env
+from katkit.temporal import free_port
 from katkit.config import Settings, parse_config
 from katkit.errors import BadInput, ConfigError, InfraError, RefNotFound, RunFailed
 from katkit.models import Phase, PhaseType, RunStatus, ShardInput
@@ -403,13 +404,10 @@ links:
 async def test_katkit_webhook_command_serves_signed_deliveries(gh_worker, gh_kk: Katkit, fake_gh: FakeGitHub,
                                                                gh_settings: Settings, tmp_path: Path) -> None:
     import asyncio
-    import socket
 
     config = tmp_path / "gh.yaml"
     config.write_text(gh_config_yaml(fake_gh))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**cli_env(gh_settings, config), "KATKIT_GITHUB_TOKEN": TOKEN, "KATKIT_GITHUB_WEBHOOK_SECRET": SECRET}
     proc = subprocess.Popen([*KATKIT, "webhook", "--port", str(port)], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

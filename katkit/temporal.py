@@ -186,10 +186,6 @@ def dev_server_command(home: Path, port: int = 7233, ui_port: int = 8233, namesp
         # the state file in WAL mode without an fsync per commit: it survives a crash of the server process
         # (only an OS crash may lose the last commits), and each workflow task costs ~8 ms less
         "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-        # one partition per task queue: a task meets a waiting poller at once instead of being forwarded between
-        # partitions (one server: partitions only add latency, ~30 ms an activity on a worker host's queue)
-        "--dynamic-config-value", "matching.numTaskqueueReadPartitions=1",
-        "--dynamic-config-value", "matching.numTaskqueueWritePartitions=1",
     ]
     for key in SEARCH_ATTRIBUTES:
         cmd += ["--search-attribute", f"{key.name}=Keyword"]

@@ -10,15 +10,15 @@ import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from katkit.background import command_line
 from katkit.config import Settings
-from katkit.temporal import connect, start_dev_server
+from katkit.temporal import connect, free_port, start_dev_server
 from starter.api import Katkit
 from starter.demo import _demo_config_file, _print_handover
 from starter.dev import background_worker, dev_server
-from tests.chaos import free_port
 from tests.conftest import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,3 +135,18 @@ async def test_dev_refuses_the_server_of_another_home_unless_join(tmp_path: Path
             joined.kill()
             joined.wait()
         _stop_leftovers(first)
+
+
+def test_a_dev_server_is_never_started_on_a_port_something_listens_on(tmp_path: Path) -> None:
+    """Waiting for the port to open would take whatever listens there for the new server (a leftover one)."""
+    import socket
+
+    from katkit.errors import InfraError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(InfraError, match=f"127.0.0.1:{port} is in use"):
+            start_dev_server(tmp_path / "srv", port=port, ui_port=free_port())
+    assert not (tmp_path / "srv" / "temporal-server.pid").exists()

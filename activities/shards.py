@@ -32,6 +32,7 @@ from katkit.secrets import Masker, resolve
 LOG_CHUNK = 1 << 20
 POLL_S = 0.5  # how often the log is copied to the store while ci.sh runs; exits are seen at once
 TIMED_OUT_EXIT = 124
+READY_GRACE_S = 900.0  # how much longer than its phase's timeout a prepared builder waits to be told to start
 
 log = structlog.get_logger("katkit.activities")
 
@@ -149,6 +150,8 @@ class ShardActivities:
         self._builders = builders or (lambda t: builder_for(t, home))
         self._github_token = github_token
         self.host_queue = host_queue
+        self._shas: OrderedDict[str, None] = OrderedDict()  # url@sha this host's mirror holds (``_have_sha``)
+        self._shas_lock = threading.Lock()
 
     def _token(self, link: LinkConfig) -> str | None:
         return link.github_token(self._github_token)
@@ -202,13 +205,16 @@ class ShardActivities:
     @activity.defn(name="prepare_builder")
     @translate_errors
     def prepare_builder(self, inp: ShardInput) -> PrepareResult:
-        """Make the shard's builder ready while the phase before runs (pipelining): local, checked out; Docker,
-        created. No secret and no GitHub token: they are resolved when ci.sh starts (``run_shard``). A builder that
-        cannot be prepared is no failure: ``run_shard`` then makes it as it always did."""
+        """Make the shard's builder ready while the phases before run (pipelining): its agent started and checked
+        out, waiting to be told to start. No secret and no GitHub token: they are resolved when ci.sh starts and
+        travel with the word to start (``run_shard``). A builder that cannot be prepared is no failure: ``run_shard``
+        then makes it as it always did."""
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         spec = self._spec(inp, name, contract_env(inp))
-        if is_remote(spec.repo_url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror):
-            self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
+        # it waits until its phase's shards would have timed out, and for outages of the worker or the server
+        waits = (inp.deadline - datetime.now(timezone.utc)).total_seconds() + READY_GRACE_S
+        spec.ready_for_s = max(waits, READY_GRACE_S)
+        self._have_sha(inp)
         self._builders(inp.tenant).prepare(spec)
         return PrepareResult(builder=name)
 
@@ -229,10 +235,9 @@ class ShardActivities:
             return ShardResult.model_validate_json(recorded)
         started_at = datetime.now(timezone.utc)
         remove = True
+        spec.first_try = attempt == 1
         try:
-            if is_remote(spec.repo_url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror):
-                # the builder clones this host's mirror: it must hold the sha (checkout may have run elsewhere)
-                self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
+            self._have_sha(inp)
             fresh = builder.start(spec)
             log.info("builder started" if fresh else "builder re-attached", builder=name)
             # the log continues from what this builder produced, as the last attempt reported it, never from the
@@ -292,6 +297,22 @@ class ShardActivities:
             if remove:
                 with activity.shield_thread_cancel_exception():
                     builder.remove(name, progress=activity.heartbeat)
+
+    def _have_sha(self, inp: ShardInput) -> None:
+        """A builder that clones this host's mirror needs the sha there (the checkout may have run on another host);
+        once seen, a sha stays in the mirror (remembered here: no git process on each phase's way)."""
+        url = normalize_url(inp.link.url)
+        if not (is_remote(url) or (inp.tenant.builder == "docker" and inp.tenant.docker.mount_mirror)):
+            return
+        key = f"{url}@{inp.sha}"
+        with self._shas_lock:
+            if key in self._shas:
+                return
+        self.mirror.resolve(inp.link.url, sha=inp.sha, token=self._token(inp.link))
+        with self._shas_lock:
+            self._shas[key] = None
+            while len(self._shas) > 1000:
+                self._shas.popitem(last=False)
 
     def _finished(self, key: str, result: ShardResult) -> ShardResult:
         """Record the shard's result with its complete log before the builder goes: an attempt whose completion

@@ -5,10 +5,18 @@ It runs inside every builder (a local process, a container, an ECS task). Its sp
 
     {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...},
      "checked_out": false,   # true: the workspace holds the sha already (a builder prepared in advance)
+     "go": {"from": "stdin" or "/path/of/a/fifo", "timeout": 3600},   # optional: prepared in advance (below)
      "cache": {"dir": "/cache/of/this/tenant/repo/branch", "paths": ["node_modules", "~/.cache/pip"], "save": true}}
 
 ``cache`` (optional): each path (``~/x``: in HOME; else in the checkout's folder) is copied from ``dir`` before
 ci.sh and, when ci.sh exits 0 and ``save`` is true, copied back after it.
+
+``go`` (optional; pipelining): the agent checks out, says it is ready, then waits up to ``timeout`` seconds for one
+line of JSON from ``from`` (its stdin, or a FIFO it keeps open read-write, so it never sees an end of file) before
+it runs ci.sh: ``{"env": {...}}``, ci.sh's environment (secrets among it: they never reach a file or argument), laid
+over the agent's own. Only the first line counts; one sent twice is read once. No line in time: it exits
+``NOT_STARTED`` without running ci.sh (``exit.json`` says ``"started": false``). A checkout that failed before the
+line came is tried again after it (the line may bring the GitHub token a private repository needs).
 
 ``agent.py STATE_DIR`` reads ``STATE_DIR/spec.json`` and writes, in ``STATE_DIR``: ``log`` (ci.sh's stdout
 and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
@@ -21,13 +29,18 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 AGENT_FAILURE = 255  # the agent itself could not run ci.sh (checkout failed, no ci.sh)
+NOT_STARTED = 254  # prepared in advance, never told to start (``go``): ci.sh did not run
+READY_LINE = "ready: ci.sh starts when the phase before has ended"
+GO_LINE = "told to start"  # the first line after the start arrived: a builder that logged it has run or runs ci.sh
 
 # git asks this helper for credentials only when the server wants them. The token reaches git through the
 # environment of that git process, never its arguments (which any user of the host can list).
@@ -104,28 +117,92 @@ def save_cache(cache: dict[str, Any], cwd: str, home: str, out: IO[bytes]) -> No
                     os.unlink(leftover)
 
 
-def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
-    """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log."""
+def _checkout(spec: dict[str, Any], env: dict[str, str] | None, out: IO[bytes]) -> str:
+    """Clone and check out the sha into the workspace; '' when done, else why not (its output is in the log)."""
+    ws = spec["workspace"]
+    git_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
+    # a tenant that passes the GitHub token to ci.sh (GITHUB_TOKEN) lets the agent clone with it too
+    token = (env or os.environ).get("GITHUB_TOKEN") if spec["repo_url"].startswith(("https://", "http://")) else None
+    if token:
+        git_env["KATKIT_GIT_TOKEN"] = token
+    if os.path.isdir(ws):  # a checkout that failed half-way (tried again once the start came)
+        shutil.rmtree(ws, ignore_errors=True)
+    for cmd in (
+        ["git", *credential_args(token), "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
+        ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", spec["sha"]],
+    ):
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=git_env, check=False)
+        if proc.returncode != 0:
+            out.write(proc.stdout)
+            return f"checkout failed: git {'clone' if 'clone' in cmd else 'checkout'} exited {proc.returncode}"
+    return ""
+
+
+def listen(go: dict[str, Any]) -> int:
+    """Where the word to start comes from: stdin, or the FIFO, opened read-write (a writer's close is no end of file;
+    a writer can open it, and what it writes stays, from now on)."""
+    return os.open(go["from"], os.O_RDWR | os.O_NONBLOCK) if go.get("from") != "stdin" else sys.stdin.fileno()
+
+
+def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
+    """The first line of JSON on ``fd`` (``listen``), or None when none came within ``go["timeout"]`` seconds (or
+    stdin ended)."""
+    fifo = go.get("from") != "stdin"
+    deadline = time.monotonic() + float(go.get("timeout", 3600))
+    data = b""
+    try:
+        while b"\n" not in data:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            if not select.select([fd], [], [], min(left, 60.0))[0]:
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                return None  # stdin closed: nobody can tell it to start any more
+            data += chunk
+    finally:
+        if fifo:
+            os.close(fd)
+    message = json.loads(data.split(b"\n", 1)[0])
+    return message if isinstance(message, dict) else None
+
+
+def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log. ``on_go``
+    is called when a builder prepared in advance has been told to start."""
     started = time.time()
     ws = spec["workspace"]
     sha = spec["sha"]
-    git_env = {**os.environ, "GIT_TERMINAL_PROMPT": "0"}
-    # a tenant that passes the GitHub token to ci.sh (GITHUB_TOKEN) lets the agent clone with it too
-    token = (spec.get("env") or os.environ).get("GITHUB_TOKEN") if spec["repo_url"].startswith(("https://", "http://")) else None
-    if token:
-        git_env["KATKIT_GIT_TOKEN"] = token
+    env: dict[str, str] | None = spec.get("env")
+    go = spec.get("go")
+    fd = listen(go) if go else -1  # first: a start that comes while the agent checks out waits for it
     checked_out = bool(spec.get("checked_out")) and os.path.isdir(os.path.join(ws, ".git"))
     _say(out, f"checked out {sha} in advance" if checked_out else f"checking out {sha} from {spec['repo_url']}")
-    for cmd in () if checked_out else (
-        ["git", *credential_args(token), "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],
-        ["git", "-C", ws, "-c", "advice.detachedHead=false", "checkout", "--quiet", sha],
-    ):
-        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=git_env, check=False)
-        if proc.returncode != 0:
-            out.write(proc.stdout)
-            reason = f"checkout failed: git {'clone' if 'clone' in cmd else 'checkout'} exited {proc.returncode}"
+    failed = "" if checked_out else _checkout(spec, None if go else env, out)
+    if go:
+        if failed:
+            _say(out, f"{failed}; tried again when told to start")
+        _say(out, READY_LINE)
+        message = await_go(go, fd)
+        if message is None:
+            reason = f"not started: no start came within {float(go.get('timeout', 3600)):.0f} s (ci.sh did not run)"
             _say(out, reason)
-            return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
+            return {"exit_code": NOT_STARTED, "reason": reason, "started": False, "started_at": started,
+                    "ended_at": time.time()}
+        on_go()
+        _say(out, GO_LINE)
+        env = {**(env if env is not None else os.environ), **(message.get("env") or {})}
+        started = time.time()
+        if failed:
+            failed = _checkout(spec, env, out)
+    if failed:
+        _say(out, failed)
+        return {"exit_code": AGENT_FAILURE, "reason": failed, "started_at": started, "ended_at": time.time()}
     cwd = os.path.join(ws, spec.get("folder") or "")
     script = spec.get("script", "ci.sh")
     if not os.path.isfile(os.path.join(cwd, script)):
@@ -133,14 +210,13 @@ def run(spec: dict[str, Any], out: IO[bytes]) -> dict[str, Any]:
         _say(out, reason)
         return {"exit_code": AGENT_FAILURE, "reason": reason, "started_at": started, "ended_at": time.time()}
     cache = spec.get("cache")
-    home = (spec.get("env") or os.environ).get("HOME") or os.path.expanduser("~")
+    home = (env or os.environ).get("HOME") or os.path.expanduser("~")
     if cache and cache.get("paths"):
         restore_cache(cache, cwd, home, out)
-    _say(out, f"running {script} (phase {(spec.get('env') or os.environ).get('KATKIT_PHASE', '?')})")
+    _say(out, f"running {script} (phase {(env or os.environ).get('KATKIT_PHASE', '?')})")
     ci_started = time.time()
-    env = spec.get("env")
     proc = subprocess.run(["bash", script], cwd=cwd, env=env if env is not None else dict(os.environ),
-                          stdout=out, stderr=subprocess.STDOUT, check=False)
+                          stdin=subprocess.DEVNULL if go else None, stdout=out, stderr=subprocess.STDOUT, check=False)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     ended = time.time()
     reason = f"{script} exited {code} in {ended - ci_started:.1f} s"
@@ -155,7 +231,7 @@ def run_in_state_dir(state_dir: str) -> int:
         spec = json.load(f)
     with open(os.path.join(state_dir, "log"), "ab", buffering=0) as out:
         try:
-            result = run(spec, out)
+            result = run(spec, out, on_go=lambda: open(os.path.join(state_dir, "started"), "w").close())
         except Exception as exc:  # the agent must always leave exit.json behind
             result = {"exit_code": AGENT_FAILURE, "reason": f"agent error: {exc}", "ended_at": time.time()}
             _say(out, result["reason"])
@@ -177,7 +253,7 @@ def main(argv: list[str]) -> int:
         result = run(json.loads(argv[1]), os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False))
         return int(result["exit_code"])
     if len(argv) == 1:
-        return run_in_state_dir(argv[0])
+        os._exit(run_in_state_dir(argv[0]))  # exit.json is written and closed: no interpreter teardown to wait for
     print("usage: agent.py STATE_DIR | agent.py --spec-json JSON", file=sys.stderr)
     return 2
 

@@ -36,6 +36,9 @@ class BuilderSpec(BaseModel):
     cache_paths: list[str] = Field(default_factory=list, description="the tenant's cache paths ('~/x' or checkout-relative)")
     cache_save: bool = Field(True, description="save the cache after a shard that succeeded (not for untrusted code)")
     trusted: bool = Field(True, description="False for a fork's pull request: no engine socket, nothing shared")
+    ready_for_s: float = Field(3600.0, description="how long a builder prepared in advance waits to be told to start")
+    first_try: bool = Field(False, description="no earlier call can have started this builder (the activity's first "
+                                               "attempt): a prepared one need not be asked whether it was told already")
 
 
 class BuilderState(BaseModel):
@@ -65,10 +68,12 @@ class Builder(Protocol):
 
     def prepare(self, spec: BuilderSpec) -> None:
         """Make the builder ``spec.name`` ready to run without starting ci.sh (pipelining: while the phase before
-        runs). ``spec.env`` holds no secret here: they are given to ``start``. Local: the workspace checked out at the
-        sha; Docker: the container created, not started; ECS: nothing. Labelled as ``start`` would (and
-        ``katkit.prepared``), so ``list`` and the reaper see it. Idempotent; a later ``start`` of the same spec uses
-        it (and answers True: ci.sh starts then), ``remove`` removes it."""
+        runs). Local and Docker: the agent is started and checks out the sha, then waits up to ``spec.ready_for_s``
+        to be told to start (``go`` in katkit/agent.py); ECS: nothing. ``spec.env`` holds no secret here: ``start``
+        brings ci.sh's whole environment with the word to start, never through a file, an argument or the
+        container's configuration. Labelled as ``start`` would (and ``katkit.prepared``), so ``list`` and the reaper
+        see it. Idempotent; a later ``start`` of the same name tells it to start ci.sh (and answers True); one never
+        told in time, or gone while it waited, is made anew by ``start``; ``remove`` removes it."""
 
     def state(self, name: str) -> BuilderState:
         """Whether the builder still runs, and once it does not, how it ended.

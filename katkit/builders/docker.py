@@ -16,6 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from katkit.agent import GO_LINE, NOT_STARTED, READY_LINE
 from katkit.builders import PREPARED_LABEL, BuilderSpec, BuilderState, cache_volume
 from katkit.config import DockerConfig, TenantConfig
 from katkit.errors import BadInput, InfraError, KatkitError
@@ -26,6 +27,7 @@ BUILDER_LABEL = "katkit.builder"
 CACHE_IN_BUILDER = "/katkit/cache"
 CACHE_LABEL = "katkit.cache"
 QUEUE_CHUNKS = 64
+AGENT_WAITS_LABEL = "katkit.agent-waits"
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
 _RUNNING = ("created", "running", "restarting", "paused")
 
@@ -176,7 +178,8 @@ class DockerBuilder(EngineUser):
     # -- the protocol ------------------------------------------------------------------------------------
     @engine_errors
     def prepare(self, spec: BuilderSpec) -> None:
-        """The container created (labelled ``katkit.prepared``), not started; its env holds no secret."""
+        """The container created (labelled ``katkit.prepared``) and started: its agent checks out the sha, then waits
+        on its stdin to be told to start. Its env holds no secret: ``start`` sends ci.sh's environment on stdin."""
         import docker.errors
 
         try:
@@ -184,7 +187,16 @@ class DockerBuilder(EngineUser):
             return
         except docker.errors.NotFound:
             pass
-        self._create(spec, prepared=True)
+        waits = self._agent_waits(spec.image or self.config.image)
+        created = self._create(spec, prepared=True, waits=waits)
+        if created is not None and waits:
+            self.api.start(created)
+
+    def _agent_waits(self, image: str) -> bool:
+        """Whether the image's agent waits to be told to start (label ``katkit.agent-waits``; an image built before
+        it, or another image, is prepared the old way: created, started with its secrets when its phase starts)."""
+        labels = (self.api.inspect_image(image).get("Config") or {}).get("Labels") or {}
+        return labels.get(AGENT_WAITS_LABEL) == "1"
 
     @engine_errors
     def start(self, spec: BuilderSpec) -> bool:
@@ -192,17 +204,23 @@ class DockerBuilder(EngineUser):
 
         try:
             info = self.api.inspect_container(spec.name)
-            if info["State"]["Status"] != "created":
+            prepared = (info["Config"].get("Labels") or {}).get(PREPARED_LABEL) == "1"
+            if prepared and info["Config"].get("OpenStdin"):  # its agent waits to be told on stdin
+                told = self._tell_to_start(info, spec)
+                if told is not None:
+                    return told
+                self.api.remove_container(info["Id"], force=True, v=True)  # never told in time: made anew
+            elif info["State"]["Status"] != "created":
                 return False
-            if (info["Config"].get("Labels") or {}).get(PREPARED_LABEL) != "1":
+            elif not prepared:
                 self.api.start(info["Id"])  # created, then the worker died before starting it
                 return False
-            have = set(info["Config"].get("Env") or [])
-            if all(f"{k}={v}" in have for k, v in spec.env.items()):
-                self.api.start(info["Id"])  # prepared while the phase before ran: ci.sh starts now
-                return True
-            # a prepared container never holds secrets, and Docker cannot add env to a container: make it anew
-            self.api.remove_container(info["Id"], force=True, v=True)
+            else:  # prepared, not started: its image's agent cannot wait (or a worker from before they could)
+                have = set(info["Config"].get("Env") or [])
+                if all(f"{k}={v}" in have for k, v in spec.env.items()):
+                    self.api.start(info["Id"])
+                    return True
+                self.api.remove_container(info["Id"], force=True, v=True)  # Docker cannot add env to a container
         except docker.errors.NotFound:
             pass
         created = self._create(spec, prepared=False)
@@ -211,7 +229,42 @@ class DockerBuilder(EngineUser):
         self.api.start(created)
         return True
 
-    def _create(self, spec: BuilderSpec, prepared: bool) -> str | None:
+    def _tell_to_start(self, info: dict[str, Any], spec: BuilderSpec) -> bool | None:
+        """Start ci.sh in a prepared container: ci.sh's environment, one line on its stdin. True when this call told
+        it; False when it was told already (re-attach); None when it never will be (not started, or it waited in
+        vain): then it is made anew."""
+        status = info["State"]["Status"]
+        if status == "created":
+            return None  # a prepare that ended between create and start
+        if status not in _RUNNING:
+            told = int(info["State"].get("ExitCode", -1)) != NOT_STARTED or self._was_told(info["Id"])
+            return False if told else None
+        if not spec.first_try and self._was_told(info["Id"]):
+            return False
+        sock = self.api.attach_socket(info["Id"], params={"stdin": 1, "stream": 1})
+        try:
+            getattr(sock, "_sock", sock).sendall(json.dumps({"env": spec.env}).encode() + b"\n")
+        finally:
+            sock.close()
+        return True
+
+    def _was_told(self, container: str) -> bool:
+        """Whether the agent said it was told to start: the line after its 'ready' line (read from the log's start)."""
+        seen = b""
+        stream = self.api.logs(container, stream=True, follow=False, stdout=True, stderr=True)
+        try:
+            for chunk in stream:
+                seen += chunk
+                ready = seen.find(f"[katkit-agent] {READY_LINE}\n".encode())
+                if ready >= 0 and b"\n" in seen[ready + len(READY_LINE) + 16:]:
+                    break
+                if len(seen) > 1 << 20:
+                    break
+        finally:
+            stream.close()
+        return f"[katkit-agent] {GO_LINE}\n".encode() in seen
+
+    def _create(self, spec: BuilderSpec, prepared: bool, waits: bool = False) -> str | None:
         """Create the builder's container; its id, or None when another attempt created it a moment ago."""
         import docker.errors
 
@@ -234,9 +287,11 @@ class DockerBuilder(EngineUser):
             mem_limit=self.config.memory, nano_cpus=int(self.config.cpus * 1e9) if self.config.cpus else None,
         )
         labels = {**spec.labels, BUILDER_LABEL: "1", **({PREPARED_LABEL: "1"} if prepared else {})}
+        if waits:  # the agent waits for one line on its stdin: ci.sh's environment (``_tell_to_start``)
+            agent_spec["go"] = {"from": "stdin", "timeout": spec.ready_for_s}
         try:
             created = self.api.create_container(
-                image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name,
+                image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name, stdin_open=waits,
                 labels=labels, environment=spec.env, host_config=host_config,
             )
         except docker.errors.ImageNotFound:
@@ -269,6 +324,8 @@ class DockerBuilder(EngineUser):
                                 reason=f"the builder was stopped with {sig} from outside katkit (exit {code})")
         if code == 255:
             return BuilderState(running=False, exit_code=code, reason="the agent could not run ci.sh (see the log)")
+        if code == NOT_STARTED and not self._was_told(name):
+            return BuilderState(running=False, exit_code=code, reason="prepared in advance, never told to start")
         return BuilderState(running=False, exit_code=code, reason=f"ci.sh exited {code}")
 
     def _follower(self, name: str, offset: int) -> _LogFollower:

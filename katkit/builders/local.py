@@ -4,11 +4,13 @@ Each builder is a state directory ``<root>/<name>/`` holding ``spec.json``, ``pi
 has exited, ``exit.json``. The agent runs in its own session, so a worker that dies leaves it running and
 a restarted worker re-attaches by name: it reads the same log and exit status instead of starting again.
 A removed builder's directory moves aside at once and is deleted by a background thread, so deleting a
-workspace never holds up the phase.
+workspace never holds up the phase. A builder prepared in advance also has ``go``, a FIFO its agent listens on
+until ``start`` writes ci.sh's environment there, and ``started`` once the agent has read it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -109,63 +111,105 @@ class LocalBuilder:
         body = spec.model_dump(mode="json", exclude={"env"}) | {"workspace": str(d / "workspace")}
         if spec.mirror_path and is_remote(spec.repo_url):  # same host: clone the worker's mirror, no credentials
             body["repo_url"] = spec.mirror_path
-        return body
-
-    def prepare(self, spec: BuilderSpec) -> None:
-        """The builder's directory with spec.json (labels: the reaper sees it) and the workspace checked out at the
-        sha; ``prepared`` marks it done. No process runs and no env is written."""
-        d = self._dir(spec.name)
-        if (d / "prepared").exists() or (d / "pid").exists() or (d / "exit.json").exists():
-            return
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
-        d.chmod(0o700)
-        body = self._body(spec, d)
-        body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
-        (d / "spec.json.tmp").write_text(json.dumps(body))
-        os.replace(d / "spec.json.tmp", d / "spec.json")
-        ws = d / "workspace"
-        if ws.exists():
-            shutil.rmtree(ws)
-        git_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ} | {"GIT_TERMINAL_PROMPT": "0", "HOME": str(d)}
-        for cmd in (["git", "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", str(body["repo_url"]), str(ws)],
-                    ["git", "-C", str(ws), "-c", "advice.detachedHead=false", "checkout", "--quiet", spec.sha]):
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=git_env, check=False)
-            if proc.returncode != 0:  # not prepared: start checks out as it always did (and says why it failed)
-                shutil.rmtree(ws, ignore_errors=True)
-                return
-        (d / "prepared").touch()
-
-    def start(self, spec: BuilderSpec) -> bool:
-        d = self._dir(spec.name)
-        if (d / "pid").exists() or (d / "exit.json").exists():
-            return False
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
-        d.chmod(0o700)
-        base_env = {k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}
-        env = {**base_env, "HOME": str(d), **spec.env}
-        # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk
-        body = self._body(spec, d)
-        prepared = (d / "prepared").exists() and (d / "workspace").is_dir()
-        if prepared:
-            body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
         if spec.cache_scope and spec.cache_paths:  # $KATKIT_HOME/cache/<tenant>/<repo>/<branch>/
             body["cache"] = {"dir": str(inside(self.root.parent / "cache", spec.cache_scope)),
                              "paths": spec.cache_paths, "save": spec.cache_save}
+        return body
+
+    def _env(self, spec: BuilderSpec, d: Path) -> dict[str, str]:
+        """ci.sh's environment: PATH and LANG of the host, HOME in the builder, then the spec's."""
+        return {**{k: os.environ[k] for k in _BASE_ENV_KEYS if k in os.environ}, "HOME": str(d), **spec.env}
+
+    def _write_spec(self, d: Path, body: dict[str, Any]) -> None:
         (d / "spec.json.tmp").write_text(json.dumps(body))
         os.replace(d / "spec.json.tmp", d / "spec.json")
-        if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
-            shutil.rmtree(d / "workspace")
+
+    def _spawn(self, spec: BuilderSpec, d: Path, env: dict[str, str]) -> None:
+        """Start the agent on ``d``: in a session of its own, so it outlives this worker and killing its group stops
+        ci.sh; with ``env`` as its environment (ci.sh's own, not the worker's: no tokens, no cloud keys)."""
         (d / "log").touch()  # there as soon as the pid is
-        # the agent leads a session of its own, so it outlives this worker and killing its group stops ci.sh
         try:
             proc = subprocess.Popen(agent.command(d), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd=d,
-                                    env=env)  # ci.sh's own, not the worker's environment: no tokens, no cloud keys
+                                    stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True, cwd=d, env=env)
         except OSError as exc:
             raise InfraError(f"local builder {spec.name} did not start: {exc}") from exc
         _children[proc.pid] = proc
         (d / "pid.tmp").write_text(str(proc.pid))
         os.replace(d / "pid.tmp", d / "pid")
+
+    def prepare(self, spec: BuilderSpec) -> None:
+        """The builder's directory and its agent, which checks out the sha and then waits on the FIFO ``go`` (up to
+        ``spec.ready_for_s``) for ci.sh's environment: ``start`` writes it there. spec.json carries the labels (the
+        reaper sees it) and ``katkit.prepared``; no env is written and the agent's own holds none of the spec's."""
+        d = self._dir(spec.name)
+        if (d / "pid").exists() or (d / "exit.json").exists():
+            return
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
+        d.chmod(0o700)
+        if (d / "workspace").exists():  # a prepare that crashed half-way: begin clean
+            shutil.rmtree(d / "workspace")
+        if not (d / "go").exists():
+            os.mkfifo(d / "go", 0o600)
+        body = self._body(spec, d) | {"go": {"from": str(d / "go"), "timeout": spec.ready_for_s}}
+        body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
+        self._write_spec(d, body)
+        self._spawn(spec, d, self._env(spec.model_copy(update={"env": {}}), d))
+
+    def _tell_to_start(self, spec: BuilderSpec, d: Path) -> bool | None:
+        """Start ci.sh in a builder prepared in advance: write its environment to the agent's FIFO. True when this
+        call told it; False when it had been told already (re-attach); None when it cannot be: it is made anew."""
+        if (d / "started").exists():
+            return False
+        pid = self._pid(spec.name)
+        if pid is None or not self._alive(spec.name, pid):
+            return None
+        deadline = time.monotonic() + START_GRACE_S
+        while True:  # the agent opens its FIFO first thing: until then a write would be lost
+            try:
+                fd = os.open(d / "go", os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if (d / "started").exists():
+                    return False  # told by another attempt a moment ago (it stopped listening then)
+                if exc.errno != errno.ENXIO or time.monotonic() > deadline or not self._alive(spec.name, pid):
+                    return None
+                time.sleep(0.005)
+        try:
+            os.set_blocking(fd, True)  # a large environment is written whole as the agent reads it
+            data = json.dumps({"env": self._env(spec, d)}).encode() + b"\n"
+            while data:
+                data = data[os.write(fd, data):]
+        except BrokenPipeError:
+            return None  # it ended meanwhile
+        finally:
+            os.close(fd)
+        return True
+
+    def start(self, spec: BuilderSpec) -> bool:
+        d = self._dir(spec.name)
+        if (d / "go").exists():  # prepared in advance: its agent waits to be told
+            told = None if (d / "exit.json").exists() else self._tell_to_start(spec, d)
+            if told is not None:
+                return told
+            try:
+                if json.loads((d / "exit.json").read_text()).get("started", True):
+                    return False  # it ran ci.sh and ended: re-attach
+            except (OSError, ValueError):
+                pass
+            self.remove(spec.name)  # never told in time, or killed while it waited: made anew, ci.sh never ran there
+        if (d / "pid").exists() or (d / "exit.json").exists():
+            return False
+        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
+        d.chmod(0o700)
+        # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk
+        body = self._body(spec, d)
+        prepared = (d / "prepared").exists() and (d / "workspace").is_dir()  # by a worker from before the agent waited
+        if prepared:
+            body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
+        self._write_spec(d, body)
+        if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
+            shutil.rmtree(d / "workspace")
+        self._spawn(spec, d, self._env(spec, d))
         return True
 
     def _pid(self, name: str) -> int | None:
@@ -232,6 +276,14 @@ class LocalBuilder:
         ``progress`` is called about once a second meanwhile (the activity heartbeats: a grace may be long)."""
         if pid is None:
             return
+        if pid in _children:
+            _children[pid].poll()  # reap our own agent: its zombie would keep the group there
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return  # nothing of the builder left (the common end: no scan of /proc)
+        except PermissionError:
+            pass  # another user's group by now: the checks below leave it alone
         if not self._alive(name, pid) and pid in _group_members(pid):
             return  # the pid leads another group now: that group is not ours (Linux never reuses a live group's id)
         for sig, wait in ((signal.SIGTERM, stop_grace()), (signal.SIGKILL, 5.0)):

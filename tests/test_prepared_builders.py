@@ -1,0 +1,138 @@
+"""A builder prepared in advance (issue 16, point 1), driven directly: its agent checks out, then waits to be told to
+start; ``start`` tells it, with ci.sh's whole environment, once. Told while it still checks out, told twice, never
+told in time, killed while it waits: ci.sh runs exactly once, or the builder is made anew and ci.sh runs once
+there. The same contract on the local builder (a FIFO) and the Docker builder (the container's stdin)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from katkit.builders import Builder, BuilderSpec
+from katkit.builders.docker import DockerBuilder
+from katkit.builders.local import LocalBuilder
+from katkit.config import DockerConfig
+from katkit.sample import commit_files
+from tests.chaos import processes_in
+
+CI = 'echo "ci.sh ran with SECRET=$SECRET size=$(( ${#BIG} + ${#BIG2} ))"\n'
+SECRET = "prepared-s3cret"
+
+
+def _until_ended(builder: Builder, name: str, timeout: float = 30.0) -> tuple[int | None, str]:
+    """Wait for the builder to end, reading its log as the activity does; (exit code, the whole log)."""
+    log, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log += builder.read_log(name, len(log), 1 << 20)  # first: Docker follows the log from where this reads
+        state = builder.state(name)
+        if not state.running:
+            log += builder.read_log(name, len(log), 1 << 20)
+            return state.exit_code, log.decode()
+        builder.wait(name, 0.2)
+    raise AssertionError(f"builder {name} did not end: {log.decode()}")
+
+
+def _log_has(builder: Builder, name: str, text: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text.encode() not in builder.read_log(name, 0, 1 << 20):
+        assert time.monotonic() < deadline, builder.read_log(name, 0, 1 << 20)
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=["local", "docker"])
+def kind(request: pytest.FixtureRequest) -> str:
+    if request.param == "docker":
+        request.getfixturevalue("docker_api")  # CI: a missing engine fails, never skips
+    return str(request.param)
+
+
+@pytest.fixture
+def builder(kind: str, tmp_path: Path) -> Iterator[Builder]:
+    made: Builder = LocalBuilder(tmp_path / "builders") if kind == "local" else \
+        DockerBuilder(DockerConfig(builder_network="none"), "t")
+    yield made
+    for name in made.list():
+        if name.startswith(f"katkit-prep-{tmp_path.name[-8:]}"):
+            made.remove(name)
+
+
+@pytest.fixture
+def spec(repo: Path, tmp_path: Path) -> BuilderSpec:
+    sha = commit_files(repo, {"ci.sh": CI})
+    mirror = tmp_path / "mirror.git"
+    subprocess.run(["git", "clone", "--quiet", "--mirror", str(repo), str(mirror)], check=True)
+    name = f"katkit-prep-{tmp_path.name[-8:]}-{uuid.uuid4().hex[:6]}".lower()
+    return BuilderSpec(name=name, labels={"katkit.run": "r"}, repo_url=str(mirror), sha=sha, mirror_path=str(mirror),
+                       env={"KATKIT_PHASE": "B"})
+
+
+def _with_secret(spec: BuilderSpec, **extra: str) -> BuilderSpec:
+    return spec.model_copy(update={"env": {**spec.env, "SECRET": SECRET, **extra}, "first_try": True})
+
+
+@pytest.mark.parametrize("size", [0, 200_000])  # nothing much; more than a pipe holds
+def test_told_at_once_runs_ci_sh_once_with_the_secret_it_was_told(builder: Builder, spec: BuilderSpec,
+                                                                  tmp_path: Path, size: int) -> None:
+    builder.prepare(spec)  # told right away: while its agent still starts and checks out
+    half = "x" * (size // 2)
+    assert builder.start(_with_secret(spec, BIG=half, BIG2=half)) is True
+    code, log = _until_ended(builder, spec.name)
+    assert code == 0, log
+    assert log.count(f"ci.sh ran with SECRET={SECRET} size={size}") == 1, log
+    assert log.count("[katkit-agent] told to start") == 1
+    assert builder.start(spec.model_copy(update={"first_try": False})) is False  # ended: re-attach
+    if isinstance(builder, LocalBuilder):  # nothing of the secret on disk
+        d = tmp_path / "builders" / spec.name
+        assert not [p for p in d.rglob("*") if p.is_file() and p.name != "log" and SECRET.encode() in p.read_bytes()]
+
+
+def test_told_twice_runs_ci_sh_once(builder: Builder, spec: BuilderSpec) -> None:
+    builder.prepare(spec)
+    builder.prepare(spec)  # idempotent
+    _log_has(builder, spec.name, "ready: ci.sh starts")
+    slow = _with_secret(spec)
+    assert builder.start(slow) is True
+    _log_has(builder, spec.name, "told to start")
+    again = builder.start(slow.model_copy(update={"first_try": False}))  # a retried attempt: re-attaches
+    assert again is False
+    code, log = _until_ended(builder, spec.name)
+    assert code == 0 and log.count("ci.sh ran with") == 1, log
+
+
+def test_never_told_in_time_is_made_anew_and_runs_once(builder: Builder, spec: BuilderSpec) -> None:
+    builder.prepare(spec.model_copy(update={"ready_for_s": 1.0}))
+    code, log = _until_ended(builder, spec.name)
+    assert code == 254 and "not started: no start came within 1 s" in log and "ci.sh ran" not in log, log
+    assert builder.start(_with_secret(spec).model_copy(update={"first_try": False})) is True  # made anew
+    code, log = _until_ended(builder, spec.name)
+    assert code == 0 and log.count("ci.sh ran with SECRET") == 1 and "ready:" not in log, log
+
+
+def test_a_prepared_builder_removed_while_it_waits_leaves_nothing(builder: Builder, spec: BuilderSpec,
+                                                                   tmp_path: Path) -> None:
+    builder.prepare(spec)
+    _log_has(builder, spec.name, "ready: ci.sh starts")
+    builder.remove(spec.name)
+    assert spec.name not in builder.list()
+    if isinstance(builder, LocalBuilder):
+        assert processes_in(tmp_path / "builders") == []
+
+
+def test_a_local_agent_killed_while_it_waits_is_made_anew(spec: BuilderSpec, tmp_path: Path) -> None:
+    builder = LocalBuilder(tmp_path / "builders")
+    builder.prepare(spec)
+    _log_has(builder, spec.name, "ready: ci.sh starts")
+    [pid] = processes_in(tmp_path / "builders")
+    subprocess.run(["kill", "-KILL", str(pid)], check=True)
+    time.sleep(0.2)
+    assert builder.start(_with_secret(spec)) is True
+    code, log = _until_ended(builder, spec.name)
+    assert code == 0 and log.count("ci.sh ran with") == 1 and "ready:" not in log, log
+    body = json.loads((tmp_path / "builders" / spec.name / "spec.json").read_text())
+    assert "go" not in body and SECRET not in json.dumps(body)

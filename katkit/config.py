@@ -57,6 +57,9 @@ class TenantConfig(Strict):
                                        "GitHub token too (default: they get neither: their code is not trusted)")
     deploy_fork_prs: bool = Field(False, description="runs for pull requests from forks may deploy (through the gate, "
                                   "which must then be required); default: their deployment phase is skipped")
+    prepare_ahead: int = Field(2, ge=0, le=8, description=(
+        "while a phase runs, the builders of up to this many next execution phases are made ready (started and "
+        "checked out, waiting to be told to start ci.sh); 0: none, each builder starts when its phase does"))
     cache: list[CachePath] = Field(default_factory=list, max_length=20, description=(
         "paths kept between runs of one link and branch (local and docker builders): 'node_modules' (in the checkout) "
         "or '~/.cache/pip' (the builder's HOME); restored before ci.sh, saved after a shard that succeeded"))

@@ -1,12 +1,15 @@
-"""Pipelined builders (issue 16, point 1): while a phase runs, the next execution phase's builders are prepared
-(local: checked out; Docker: created, not started), with no secret; the next phase only starts ci.sh in them.
-One that no phase uses (the phase before failed, the run was cancelled) is removed, and the reaper knows them."""
+"""Pipelined builders (issue 16, point 1): while a phase runs, the next execution phases' builders are prepared
+(local and Docker: the agent started and checked out, waiting to be told), with no secret; the next phase only
+tells them to start ci.sh, with its environment (secrets among it) on a FIFO or the container's stdin. One that
+no phase uses (the phase before failed, the run was cancelled) is removed with its agent, one never told in time
+is made anew, and the reaper knows them."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -16,20 +19,23 @@ from katkit.config import parse_config
 from katkit.errors import RunFailed
 from katkit.sample import commit_files
 from starter.api import Katkit
+from tests.chaos import processes_in
 from tests.conftest import in_process_worker, status_is, wait_for
 from tests.test_replay import HISTORIES, assert_replays
 
 PIPELINE = json.dumps([{"EnvName": "default", "WorkFlow": [
     {"Name": name, "PhaseType": 4, "Order": i, "Parallelism": 2 if name == "B" else 1}
     for i, name in enumerate(["A", "B", "C"], start=1)]}])
-# phase A waits until both shards of B are prepared (checked out, no agent running), then says so; FAIL_A / SLOW_A
+# phase A waits until both shards of B are prepared (checked out, their agents waiting), then says so; FAIL_A / SLOW_A
 CI = """set -e
 if [ "$KATKIT_PHASE" = A ]; then
-  for i in $(seq 100); do
-    n=$(ls -d "$HOME"/../katkit-*-b-*/prepared 2>/dev/null | wc -l)
-    [ "$n" = 2 ] && break; sleep 0.1
+  tries=100; [ -f cold ] && tries=10  # nothing to wait for there: look for a second
+  for i in $(seq $tries); do
+    n=$(grep -l "ready: ci.sh starts" "$HOME"/../katkit-*-b-*/log 2>/dev/null | wc -l)
+    c=$(grep -l "ready: ci.sh starts" "$HOME"/../katkit-*-c-*/log 2>/dev/null | wc -l)
+    [ "$n$c" = 21 ] && break; sleep 0.1
   done
-  echo "B prepared: $n, agents running in B: $(ls "$HOME"/../katkit-*-b-*/pid 2>/dev/null | wc -l)"
+  echo "B prepared: $n, C prepared: $c, ci.sh started in B: $(cat "$HOME"/../katkit-*-b-*/log 2>/dev/null | grep -c 'running ci.sh')"
   [ -f fail_a ] && exit 3
   [ -f slow_a ] && sleep 60
 fi
@@ -39,14 +45,20 @@ CONFIG = """
 tenants:
   - {{name: d-pipe, env: DEV}}
   - {{name: d-sec, env: DEV, secrets: {{TOKEN: "env:KATKIT_TEST_PIPE_TOKEN"}}}}
+  - {{name: d-cold, env: DEV, prepare_ahead: 0}}
 links:
-  - {{repo: taskrunner, url: {url}, tenants: [d-pipe, d-sec]}}
+  - {{repo: taskrunner, url: {url}, tenants: [d-pipe, d-sec, d-cold]}}
 """
 TOKEN = "pipe-s3cret-value"
 
 
 async def _log(ks: Katkit, run_id: str, phase: str) -> str:
     return "".join(data.decode() for _, data in [x async for x in ks.follow_logs(run_id, phase)])
+
+
+def _ready(home: Path, phase: str) -> list[Path]:
+    """The builders of ``phase`` whose agent has checked out and waits to be told to start."""
+    return [p for p in (home / "builders").glob(f"katkit-*-{phase}-*/log") if b"ready: ci.sh starts" in p.read_bytes()]
 
 
 def _builders(home: Path) -> list[str]:
@@ -67,17 +79,33 @@ async def test_the_next_phase_is_prepared_while_one_runs_and_only_starts_ci_sh(k
     st = await ks.wait(handle.run_id)
     assert [p.state for p in st.phases] == ["succeeded"] * 3
     a = await _log(ks, handle.run_id, "A")
-    assert "B prepared: 2, agents running in B: 0" in a, a  # checked out, ci.sh not started
+    assert "B prepared: 2, C prepared: 1, ci.sh started in B: 0" in a, a  # checked out, ci.sh not started
     b = await _log(ks, handle.run_id, "B")
-    assert b.count(f"checked out {sha} in advance") == 2 and b.count("[katkit-agent] running ci.sh") == 2, b
+    for part in (f"checking out {sha}", "ready: ci.sh starts when the phase before has ended", "told to start",
+                 "running ci.sh"):
+        assert b.count(f"[katkit-agent] {part}") == 2, (part, b)
     assert "secret none" in b
     c = await _log(ks, handle.run_id, "C")
-    assert f"checked out {sha} in advance" in c, c
-    assert _builders(ks.settings.home) == []
+    assert "[katkit-agent] told to start" in c, c
+    assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
     history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
     await assert_replays([history])
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "pipeline1_three_phases.json").write_text(history.to_json())
+        (HISTORIES / "pipeline2_three_phases.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
+async def test_prepare_ahead_0_starts_each_builder_when_its_phase_starts(ks: Katkit, repo: Path) -> None:
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "cold": "1"})
+    handle = await ks.start_run("d-cold", "taskrunner", sha=sha, by="bob")
+    st = await ks.wait(handle.run_id)
+    assert [p.state for p in st.phases] == ["succeeded"] * 3
+    assert "B prepared: 0, C prepared: 0" in await _log(ks, handle.run_id, "A")
+    b = await _log(ks, handle.run_id, "B")
+    assert b.count(f"[katkit-agent] checking out {sha}") == 2 and "ready:" not in b and "told to start" not in b, b
+    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
+    assert not [e for e in history.events if e.activity_task_scheduled_event_attributes.activity_type.name
+                == "prepare_builder"]
 
 
 @pytest.mark.usefixtures("worker")
@@ -87,25 +115,32 @@ async def test_prepared_builders_hold_no_secret_and_go_when_the_phase_before_fai
     with pytest.raises(RunFailed, match="phase A failed"):
         await ks.wait(handle.run_id)
     assert "B prepared: 2" in await _log(ks, handle.run_id, "A")
-    assert _builders(ks.settings.home) == []  # removed before the run ended
+    assert _builders(ks.settings.home) == []  # removed before the run ended, their waiting agents with them
+    assert processes_in(ks.settings.home / "builders") == []
     st = await ks.status(handle.run_id)
     assert [p.state for p in st.phases] == ["failed", "skipped", "skipped"], st.phases
     history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
     await assert_replays([history])
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "pipeline1_phase_before_failed.json").write_text(history.to_json())
+        (HISTORIES / "pipeline2_phase_before_failed.json").write_text(history.to_json())
 
 
 @pytest.mark.usefixtures("worker")
 async def test_a_cancel_removes_the_running_and_the_prepared_builders(ks: Katkit, repo: Path) -> None:
     sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
     handle = await ks.start_run("d-sec", "taskrunner", sha=sha, by="bob")  # secrets: none in a prepared builder
-    await wait_for(lambda: len(list((ks.settings.home / "builders").glob("katkit-*-b-*/prepared"))) == 2, timeout=30)
+    await wait_for(lambda: len(_ready(ks.settings.home, "b")) == 2, timeout=30)
     spec_texts = [p.read_text() for p in (ks.settings.home / "builders").glob("katkit-*-b-*/spec.json")]
     assert spec_texts and all(TOKEN not in t and '"katkit.prepared": "1"' in t for t in spec_texts)
+    agents = processes_in(ks.settings.home / "builders")
+    assert len(agents) >= 3  # A's agent (and its ci.sh) and B's two, waiting
+    for pid in agents:  # no prepared agent holds the secret in its environment or arguments
+        assert TOKEN.encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert TOKEN.encode() not in environ or b"KATKIT_PHASE=A" in environ, pid
     await ks.cancel(handle.run_id)
     await wait_for(lambda: status_is(ks, handle.run_id, "cancelled"), timeout=30)
-    assert _builders(ks.settings.home) == []
+    assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
 
 
 async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, settings, repo: Path,
@@ -118,17 +153,19 @@ async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, sett
     sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
     async with in_process_worker(client, settings):
         handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
-        await wait_for(lambda: len(list((settings.home / "builders").glob("katkit-*-b-*/prepared"))) == 2, timeout=30)
+        await wait_for(lambda: len(_ready(settings.home, "b")) == 2, timeout=30)
         await client.get_workflow_handle(handle.run_id).terminate("test: nothing cleans up after a terminate")
         await asyncio.sleep(0.5)
     builder = LocalBuilder(settings.home / "builders")
     prepared = [n for n, labels in builder.list().items() if labels.get("katkit.prepared") == "1"]
-    assert len(prepared) == 2
+    assert len(prepared) == 3  # B's two shards and C's one (prepare_ahead: 2)
     removed = await reap_once(client, [builder], settings.task_queue)
     assert set(prepared) <= set(removed) and not [n for n in builder.list() if n in prepared]
+    await wait_for(lambda: not [p for p in processes_in(settings.home / "builders")
+                                if b"-b-" in Path(f"/proc/{p}/cmdline").read_bytes()], timeout=15)
 
 
-async def test_docker_prepares_a_created_container_without_secrets(client, settings, repo: Path, docker_api,
+async def test_docker_prepares_a_waiting_container_without_secrets(client, settings, repo: Path, docker_api,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KATKIT_TEST_PIPE_TOKEN", TOKEN)
     tenant = f"d-pipe-{uuid.uuid4().hex[:6]}"
@@ -145,18 +182,25 @@ links:
     ci = 'if [ "$KATKIT_PHASE" = A ]; then sleep 4; fi\necho "phase $KATKIT_PHASE: secret ${TOKEN:-none}"\n'
     sha = commit_files(repo, {"ci.sh": ci, "katkitconfig.js": PIPELINE})
     seen: list[dict[str, object]] = []
+    since = int(time.time()) - 1
     async with in_process_worker(client, settings):
         handle = await ks.start_run(tenant, "taskrunner", sha=sha, by="bob")
 
         def prepared() -> list[dict[str, object]]:
-            found = docker_api.containers(all=True, filters={"label": [f"katkit.tenant={tenant}", "katkit.prepared=1"]})
-            return [docker_api.inspect_container(c["Id"]) for c in found] if len(found) == 2 else []
+            found = docker_api.containers(all=True, filters={"label": [f"katkit.tenant={tenant}", "katkit.prepared=1",
+                                                                       "katkit.phase=B"]})
+            infos = [docker_api.inspect_container(c["Id"]) for c in found] if len(found) == 2 else []
+            return infos if all(b"ready: ci.sh starts" in docker_api.logs(i["Id"]) for i in infos) else []
 
         seen = await wait_for(prepared, timeout=30)
         st = await ks.wait(handle.run_id)
-    for info in seen:
-        assert info["State"]["Status"] == "created" and info["Config"]["Labels"]["katkit.phase"] == "B"
-        assert not [e for e in info["Config"]["Env"] if TOKEN in e or e.startswith("TOKEN=")]
+    for info in seen:  # started (its agent checks out, then waits on stdin), no secret in its configuration
+        assert info["State"]["Status"] == "running" and info["Config"]["Labels"]["katkit.phase"] == "B", (info["State"], info["Config"]["Labels"], info["Name"])
+        assert info["Config"]["OpenStdin"] and TOKEN not in json.dumps(info)
     assert [p.state for p in st.phases] == ["succeeded"] * 3
-    assert (await _log(ks, handle.run_id, "B")).count("secret ***") == 2  # made anew with the secret at start
+    b = await _log(ks, handle.run_id, "B")
+    assert b.count("secret ***") == 2 and b.count("[katkit-agent] told to start") == 2, b  # the secret came on stdin
+    events = docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
+                               filters={"event": "create", "label": f"katkit.tenant={tenant}"})
+    assert sorted(e["Actor"]["Attributes"]["katkit.phase"] for e in events) == ["A", "B", "B", "C"]  # none made anew
     assert not docker_api.containers(all=True, filters={"label": f"katkit.tenant={tenant}"})

@@ -13,6 +13,8 @@ their worker hosts), ``RunVisibility`` (search attributes, memo, its page), ``We
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
@@ -48,6 +50,7 @@ GATES_PATCH = "katkit-gates-1"  # memo, webhooks, wait timer: runs recorded befo
 GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 PIPELINE_PATCH = "katkit-pipeline-1"  # the next execution phase's builders are prepared while a phase runs
+PREPARE_AHEAD_PATCH = "katkit-prepare-ahead-1"  # ...and those of the tenant's prepare_ahead phases after it
 RETRY_PATCH = "katkit-retry-1"  # katkit retry: the earlier attempt's succeeded phases are reused
 ROLLBACK_PHASE = Phase(name="ROLLBACK", type=PhaseType.DEPLOYMENT, order=1)
 
@@ -104,11 +107,15 @@ class CommitRun(DeploymentSteps):
                         continue
                     if phase.type == PhaseType.EXECUTION:
                         following = plan.phases[index + 1] if index + 1 < len(plan.phases) else None
+                        prepare: Callable[[], None] | None = None  # the builders made ready while this phase runs
                         if following is not None and following.type == PhaseType.EXECUTION and \
                                 not self._status.phases[index + 1].reused_from and workflow.patched(PIPELINE_PATCH):
-                            self._shards.prepare(following, plan)  # its builders get ready while this phase runs
+                            prepare = functools.partial(self._prepare_ahead, self._ahead(index, plan), plan)
+                            if not workflow.patched(PREPARE_AHEAD_PATCH):  # recorded before: prepares went first
+                                prepare()
+                                prepare = None
                         try:
-                            await self._execute(phase, state, plan)
+                            await self._execute(phase, state, plan, then=prepare)
                         except RunFailure as exc:
                             if self._rolls_back_after(exc):  # a phase after the deploy failed: the previous image goes back
                                 raise RunFailure(await self._auto_rollback(state, str(exc))) from None
@@ -145,6 +152,24 @@ class CommitRun(DeploymentSteps):
                 await self._webhooks.flush()
                 await self._github.flush()
 
+    def _ahead(self, index: int, plan: RunPlan) -> list[tuple[int, Phase]]:
+        """The execution phases after phase ``index`` whose builders are prepared now, each with how many phases
+        ahead it is: the next one (runs recorded before PREPARE_AHEAD_PATCH), else up to the tenant's
+        ``prepare_ahead`` in a row, up to a deployment phase or a reused one, each once."""
+        depth = self._inp.tenant.prepare_ahead if workflow.patched(PREPARE_AHEAD_PATCH) else 1
+        found = []
+        for ahead in range(1, depth + 1):
+            at = index + ahead
+            if at >= len(plan.phases) or plan.phases[at].type != PhaseType.EXECUTION or self._status.phases[at].reused_from:
+                break
+            if not self._shards.is_prepared(plan.phases[at].name):
+                found.append((ahead, plan.phases[at]))
+        return found
+
+    def _prepare_ahead(self, phases: list[tuple[int, Phase]], plan: RunPlan) -> None:
+        for ahead, phase in phases:
+            self._shards.prepare(phase, plan, ahead=ahead)
+
     def _reuse(self, retry: RetrySpec) -> None:
         """A retry: the earlier attempt's succeeded execution phases before ``retry.from_phase`` are taken as they
         ended (state, shards, log keys: their logs stay reachable), never run again; a deployment phase always runs."""
@@ -171,10 +196,12 @@ class CommitRun(DeploymentSteps):
             summary=f"checkout {inp.repo}@{inp.sha[:12]}",
         )
 
-    async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan) -> None:
+    async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None) -> None:
+        """Run an execution phase's shards; ``then``, right after they are started (prepares of phases ahead: a
+        worker host takes the shards first)."""
         self._start_phase(state, State.RUNNING)
         try:
-            failure = await self._shards.run(phase, state, plan)
+            failure = await self._shards.run(phase, state, plan, then=then)
         except (asyncio.CancelledError, CancelledError):
             self._end_phase(state, State.CANCELLED)
             raise

@@ -61,9 +61,13 @@ class ShardRunner:
         self._prepared: dict[str, list[tuple[asyncio.Future[PrepareResult], str, str]]] = {}  # phase -> (prepare, builder, host)
 
     # -- pipelining: the next phase's builders are made ready while this one runs ----------------------------
-    def prepare(self, phase: Phase, plan: RunPlan) -> None:
-        """Start preparing ``phase``'s builders (local: checked out; Docker: created), no ci.sh and no secret; the
-        phase's ``run`` uses them, ``discard_prepared`` removes those no phase used."""
+    def is_prepared(self, phase: str) -> bool:
+        return phase in self._prepared
+
+    def prepare(self, phase: Phase, plan: RunPlan, ahead: int = 1) -> None:
+        """Start preparing ``phase``'s builders (``ahead`` phases after the one that runs now): started and checked
+        out, waiting to be told to start ci.sh, and no secret; the phase's ``run`` tells them, ``discard_prepared``
+        removes those no phase used. They wait up to the phase timeout of each phase before them."""
         link = self.inp.link
         assert link is not None, "a run with execution phases has a link (a rollback has none)"
         host = self.host or ""
@@ -71,7 +75,7 @@ class ShardRunner:
         for i in range(phase.parallelism):
             inp = ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant, link=link,
                              sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
-                             deadline=workflow.now() + self.tenant.phase_timeout, untrusted=self.inp.untrusted,
+                             deadline=workflow.now() + self.tenant.phase_timeout * ahead, untrusted=self.inp.untrusted,
                              ref=self.inp.ref)
             task = asyncio.ensure_future(workflow.execute_activity_method(
                 ShardActivities.prepare_builder, inp, start_to_close_timeout=PREPARE_TIMEOUT,
@@ -107,9 +111,10 @@ class ShardRunner:
             if isinstance(outcome, BaseException):
                 workflow.logger.warning("prepared builder %s left to its host's reaper: %s", name, outcome)
 
-    async def run(self, phase: Phase, state: PhaseState, plan: RunPlan) -> str:
+    async def run(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None = None) -> str:
         """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
-        error of the workflow's own, stops every sibling shard first and is raised."""
+        error of the workflow's own, stops every sibling shard first and is raised. ``then`` is called once the
+        shards' activities are scheduled."""
         await self._settle(self._prepared.get(phase.name, []))  # its builders were prepared while the last phase ran
         self._prepared.pop(phase.name, None)  # from now on its shards own them (each removes its builder)
         deadline = workflow.now() + self.tenant.phase_timeout
@@ -133,6 +138,8 @@ class ShardRunner:
             ))
 
         tasks = {start(i): i for i in range(phase.parallelism)}
+        if then is not None:
+            then()
         for shard in state.shards:
             shard.state = State.RUNNING
         self.on_change()

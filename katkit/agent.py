@@ -154,9 +154,9 @@ def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
     try:
         while b"\n" not in data:
             left = deadline - time.monotonic()
-            if left <= 0:
-                return None
-            if not select.select([fd], [], [], min(left, 60.0))[0]:
+            if not select.select([fd], [], [], max(0.0, min(left, 60.0)))[0]:
+                if left <= 0:
+                    return None  # nothing came, not even at the last look
                 continue
             try:
                 chunk = os.read(fd, 1 << 16)
@@ -229,11 +229,14 @@ def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda
 def run_in_state_dir(state_dir: str) -> int:
     with open(os.path.join(state_dir, "spec.json")) as f:
         spec = json.load(f)
+    started = os.path.join(state_dir, "started")
     with open(os.path.join(state_dir, "log"), "ab", buffering=0) as out:
         try:
-            result = run(spec, out, on_go=lambda: open(os.path.join(state_dir, "started"), "w").close())
+            result = run(spec, out, on_go=lambda: open(started, "w").close())
         except Exception as exc:  # the agent must always leave exit.json behind
             result = {"exit_code": AGENT_FAILURE, "reason": f"agent error: {exc}", "ended_at": time.time()}
+            if spec.get("go") and not os.path.exists(started):
+                result["started"] = False  # prepared, never told: ci.sh did not run (its builder is made anew)
             _say(out, result["reason"])
     tmp = os.path.join(state_dir, "exit.json.tmp")
     with open(tmp, "w") as f:

@@ -156,7 +156,9 @@ class CommitRun(DeploymentSteps):
         """The execution phases after phase ``index`` whose builders are prepared now, each with how many phases
         ahead it is: the next one (runs recorded before PREPARE_AHEAD_PATCH), else up to the tenant's
         ``prepare_ahead`` in a row, up to a deployment phase or a reused one, each once."""
-        depth = self._inp.tenant.prepare_ahead if workflow.patched(PREPARE_AHEAD_PATCH) else 1
+        ahead_patch = workflow.patched(PREPARE_AHEAD_PATCH)  # memoized: the later call in run() gets the same
+        self._shards.remove_unstarted = ahead_patch
+        depth = self._inp.tenant.prepare_ahead if ahead_patch else 1
         found = []
         for ahead in range(1, depth + 1):
             at = index + ahead

@@ -59,6 +59,7 @@ class ShardRunner:
         self.host: str | None = None
         self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
         self._prepared: dict[str, list[tuple[asyncio.Future[PrepareResult], str, str]]] = {}  # phase -> (prepare, builder, host)
+        self.remove_unstarted = False  # a prepared phase's shards cancelled before they started: remove their builders
 
     # -- pipelining: the next phase's builders are made ready while this one runs ----------------------------
     def is_prepared(self, phase: str) -> bool:
@@ -115,7 +116,8 @@ class ShardRunner:
         """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
         error of the workflow's own, stops every sibling shard first and is raised. ``then`` is called once the
         shards' activities are scheduled."""
-        await self._settle(self._prepared.get(phase.name, []))  # its builders were prepared while the last phase ran
+        prepared = self._prepared.get(phase.name, [])
+        await self._settle(prepared)  # its builders were prepared while the phases before ran
         self._prepared.pop(phase.name, None)  # from now on its shards own them (each removes its builder)
         deadline = workflow.now() + self.tenant.phase_timeout
         link = self.inp.link
@@ -163,11 +165,27 @@ class ShardRunner:
                     failure = failure or self._record(phase, state.shards[i], task)
                     self.on_change()
         except (asyncio.CancelledError, Exception):  # cancelled, or e.g. no host could be picked: stop the siblings
-            await self._cancel(pending, state, "")
+            await self._cancel(pending, state, "", self._unstarted(prepared, pending, tasks, state))
             raise
         if failure:
-            await self._cancel(pending, state, ANOTHER_FAILED)
+            await self._cancel(pending, state, ANOTHER_FAILED, self._unstarted(prepared, pending, tasks, state))
         return failure
+
+    def _unstarted(self, prepared: list[tuple[asyncio.Future[PrepareResult], str, str]],
+                   pending: list[asyncio.Future[ShardResult]], tasks: dict[asyncio.Future[ShardResult], int],
+                   state: PhaseState) -> list[tuple[str, str]]:
+        """The prepared builders of the shards about to be cancelled: one whose activity never started has nobody
+        else to remove it (removing one that is gone already is no error)."""
+        if not self.remove_unstarted or not prepared:
+            return []
+        hosts = {name: host for _, name, host in prepared}
+        found = []
+        for task in pending:
+            shard = state.shards[tasks[task]]
+            name = builder_name(self.run_id, workflow.info().run_id, state.name, shard.index, shard.generation)
+            if name in hosts:
+                found.append((name, hosts[name]))
+        return found
 
     # -- worker hosts: a shard's attempts go to the host that owns its builder --------------------------------
     def _host_wait(self, host: str) -> timedelta | None:
@@ -226,9 +244,12 @@ class ShardRunner:
         shard.state = State.FAILED
         return f"{label}: {result.message or f'exited {result.exit_code}'}"
 
-    async def _cancel(self, pending: list[asyncio.Future[ShardResult]], state: PhaseState, why: str) -> None:
+    async def _cancel(self, pending: list[asyncio.Future[ShardResult]], state: PhaseState, why: str,
+                      unstarted: list[tuple[str, str]] | None = None) -> None:
         """Cancel the shards still running (each removes its builder), then remove the builders whose activity gave
-        up: never leave one behind."""
+        up, and ``unstarted`` (prepared builders of shards cancelled before their activity started): never leave
+        one behind."""
+        self._cleanup_later.extend(unstarted or [])
         for task in pending:
             task.cancel()
         for task in pending:

@@ -202,49 +202,53 @@ class DockerBuilder(EngineUser):
     def start(self, spec: BuilderSpec) -> bool:
         import docker.errors
 
-        try:
-            info = self.api.inspect_container(spec.name)
-            prepared = (info["Config"].get("Labels") or {}).get(PREPARED_LABEL) == "1"
-            if prepared and info["Config"].get("OpenStdin"):  # its agent waits to be told on stdin
-                told = self._tell_to_start(info, spec)
-                if told is not None:
-                    return told
-                self.api.remove_container(info["Id"], force=True, v=True)  # never told in time: made anew
-            elif info["State"]["Status"] != "created":
-                return False
-            elif not prepared:
-                self.api.start(info["Id"])  # created, then the worker died before starting it
-                return False
-            else:  # prepared, not started: its image's agent cannot wait (or a worker from before they could)
-                have = set(info["Config"].get("Env") or [])
-                if all(f"{k}={v}" in have for k, v in spec.env.items()):
-                    self.api.start(info["Id"])
-                    return True
-                self.api.remove_container(info["Id"], force=True, v=True)  # Docker cannot add env to a container
-        except docker.errors.NotFound:
-            pass
-        created = self._create(spec, prepared=False)
-        if created is None:
-            return False
-        self.api.start(created)
-        return True
+        for _ in range(3):  # a prepare that came late may create it between our looks: then look again
+            try:
+                info = self.api.inspect_container(spec.name)
+                prepared = (info["Config"].get("Labels") or {}).get(PREPARED_LABEL) == "1"
+                if prepared and info["Config"].get("OpenStdin"):  # its agent waits to be told on stdin
+                    told = self._tell_to_start(info, spec)
+                    if told is not None:
+                        return told
+                    self.api.remove_container(info["Id"], force=True, v=True)  # ci.sh never ran there: made anew
+                elif info["State"]["Status"] != "created":
+                    return False
+                elif not prepared:
+                    self.api.start(info["Id"])  # created, then the worker died before starting it
+                    return False
+                else:  # prepared, not started: its image's agent cannot wait (or a worker from before they could)
+                    have = set(info["Config"].get("Env") or [])
+                    if all(f"{k}={v}" in have for k, v in spec.env.items()):
+                        self.api.start(info["Id"])
+                        return True
+                    self.api.remove_container(info["Id"], force=True, v=True)  # Docker cannot add env to a container
+            except docker.errors.NotFound:
+                pass
+            created = self._create(spec, prepared=False)
+            if created is not None:
+                self.api.start(created)
+                return True
+        return False  # another attempt made it each time: it owns the start
 
     def _tell_to_start(self, info: dict[str, Any], spec: BuilderSpec) -> bool | None:
         """Start ci.sh in a prepared container: ci.sh's environment, one line on its stdin. True when this call told
-        it; False when it was told already (re-attach); None when it never will be (not started, or it waited in
-        vain): then it is made anew."""
+        it; False when it was told already (re-attach); None when it never will be (not started, or it ended
+        without being told: timed out, killed, the engine restarted): then it is made anew."""
         status = info["State"]["Status"]
         if status == "created":
             return None  # a prepare that ended between create and start
         if status not in _RUNNING:
-            told = int(info["State"].get("ExitCode", -1)) != NOT_STARTED or self._was_told(info["Id"])
-            return False if told else None
+            return False if self._was_told(info["Id"]) else None
         if not spec.first_try and self._was_told(info["Id"]):
             return False
         sock = self.api.attach_socket(info["Id"], params={"stdin": 1, "stream": 1})
+        raw = getattr(sock, "_sock", sock)
         try:
-            getattr(sock, "_sock", sock).sendall(json.dumps({"env": spec.env}).encode() + b"\n")
+            raw.sendall(json.dumps({"env": spec.env}).encode() + b"\n")
+        except OSError as exc:
+            raise InfraError(f"could not tell builder {spec.name} to start: {exc}") from exc
         finally:
+            raw.close()  # the hijacked connection: closed now, not when the garbage collector gets to it
             sock.close()
         return True
 
@@ -292,6 +296,7 @@ class DockerBuilder(EngineUser):
         try:
             created = self.api.create_container(
                 image, command=["--spec-json", json.dumps(agent_spec)], name=spec.name, stdin_open=waits,
+                detach=True,  # stdin stays open after an attach leaves (docker-py sets StdinOnce otherwise)
                 labels=labels, environment=spec.env, host_config=host_config,
             )
         except docker.errors.ImageNotFound:

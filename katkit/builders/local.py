@@ -10,7 +10,9 @@ until ``start`` writes ci.sh's environment there, and ``started`` once the agent
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import os
 import select
@@ -20,7 +22,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,36 +143,32 @@ class LocalBuilder:
         """The builder's directory and its agent, which checks out the sha and then waits on the FIFO ``go`` (up to
         ``spec.ready_for_s``) for ci.sh's environment: ``start`` writes it there. spec.json carries the labels (the
         reaper sees it) and ``katkit.prepared``; no env is written and the agent's own holds none of the spec's."""
-        d = self._dir(spec.name)
-        if (d / "pid").exists() or (d / "exit.json").exists():
-            return
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
-        d.chmod(0o700)
-        if (d / "workspace").exists():  # a prepare that crashed half-way: begin clean
-            shutil.rmtree(d / "workspace")
-        if not (d / "go").exists():
-            os.mkfifo(d / "go", 0o600)
-        body = self._body(spec, d) | {"go": {"from": str(d / "go"), "timeout": spec.ready_for_s}}
-        body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
-        self._write_spec(d, body)
-        self._spawn(spec, d, self._env(spec.model_copy(update={"env": {}}), d))
+        with self._locked(spec.name) as d:
+            if (d / "pid").exists() or (d / "exit.json").exists() or (d / "spec.json").exists():
+                return  # prepared already, or started: a prepare that comes late changes nothing
+            if (d / "workspace").exists():  # a prepare that crashed half-way: begin clean
+                shutil.rmtree(d / "workspace")
+            if not (d / "go").exists():
+                os.mkfifo(d / "go", 0o600)
+            body = self._body(spec, d) | {"go": {"from": str(d / "go"), "timeout": spec.ready_for_s}}
+            body["labels"] = {**spec.labels, PREPARED_LABEL: "1"}
+            self._write_spec(d, body)
+            self._spawn(spec, d, self._env(spec.model_copy(update={"env": {}}), d))
 
     def _tell_to_start(self, spec: BuilderSpec, d: Path) -> bool | None:
         """Start ci.sh in a builder prepared in advance: write its environment to the agent's FIFO. True when this
-        call told it; False when it had been told already (re-attach); None when it cannot be: it is made anew."""
-        if (d / "started").exists():
-            return False
+        call told it; False when it had been told already (re-attach); None when it never will be: made anew."""
         pid = self._pid(spec.name)
         if pid is None or not self._alive(spec.name, pid):
             return None
         deadline = time.monotonic() + START_GRACE_S
         while True:  # the agent opens its FIFO first thing: until then a write would be lost
+            if (d / "started").exists():
+                return False  # told by another attempt (it stopped listening then)
             try:
                 fd = os.open(d / "go", os.O_WRONLY | os.O_NONBLOCK)
                 break
             except OSError as exc:
-                if (d / "started").exists():
-                    return False  # told by another attempt a moment ago (it stopped listening then)
                 if exc.errno != errno.ENXIO or time.monotonic() > deadline or not self._alive(spec.name, pid):
                     return None
                 time.sleep(0.005)
@@ -179,38 +177,63 @@ class LocalBuilder:
             data = json.dumps({"env": self._env(spec, d)}).encode() + b"\n"
             while data:
                 data = data[os.write(fd, data):]
-        except BrokenPipeError:
-            return None  # it ended meanwhile
+        except BrokenPipeError:  # it stopped listening meanwhile: told by another attempt, or gone
+            return False if (d / "started").exists() else None
         finally:
             os.close(fd)
         return True
 
-    def start(self, spec: BuilderSpec) -> bool:
-        d = self._dir(spec.name)
-        if (d / "go").exists():  # prepared in advance: its agent waits to be told
-            told = None if (d / "exit.json").exists() else self._tell_to_start(spec, d)
+    def _tell_or_remake(self, spec: BuilderSpec, d: Path) -> bool | None:
+        """A prepared builder: tell it (True), re-attach (False), or remove it, ci.sh never having run there, and
+        answer None: the caller makes it anew. One caller at a time per builder (``_locked``)."""
+        if not (d / "exit.json").exists():
+            told = self._tell_to_start(spec, d)
             if told is not None:
                 return told
-            try:
-                if json.loads((d / "exit.json").read_text()).get("started", True):
-                    return False  # it ran ci.sh and ended: re-attach
-            except (OSError, ValueError):
-                pass
-            self.remove(spec.name)  # never told in time, or killed while it waited: made anew, ci.sh never ran there
-        if (d / "pid").exists() or (d / "exit.json").exists():
-            return False
+        try:
+            if json.loads((d / "exit.json").read_text()).get("started", True):
+                return False  # it ran ci.sh and ended: re-attach
+        except (OSError, ValueError):
+            pass
+        if (d / "started").exists():
+            return False  # told: never removed here, whatever happened since (the run removes it)
+        self.remove(spec.name)  # never told in time, or killed while it waited: ci.sh never ran there
+        return None
+
+    @contextlib.contextmanager
+    def _locked(self, name: str) -> Iterator[Path]:
+        """The builder's directory, made (0700) and locked against a prepare or start of it in another thread or
+        worker process (an attempt that timed out may still run)."""
+        d = self._dir(name)
         d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
         d.chmod(0o700)
-        # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file on disk
-        body = self._body(spec, d)
-        prepared = (d / "prepared").exists() and (d / "workspace").is_dir()  # by a worker from before the agent waited
-        if prepared:
-            body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
-        self._write_spec(d, body)
-        if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
-            shutil.rmtree(d / "workspace")
-        self._spawn(spec, d, self._env(spec, d))
-        return True
+        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield d
+        finally:
+            os.close(fd)
+
+    def start(self, spec: BuilderSpec) -> bool:
+        with self._locked(spec.name) as d:
+            if (d / "go").exists():  # prepared in advance: its agent waits to be told
+                told = self._tell_or_remake(spec, d)
+                if told is not None:
+                    return told
+                d.mkdir(mode=0o700)  # removed (moved to the trash): made anew below, in a fresh directory
+                d.chmod(0o700)
+            if (d / "pid").exists() or (d / "exit.json").exists():
+                return False
+            # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file
+            body = self._body(spec, d)
+            prepared = (d / "prepared").exists() and (d / "workspace").is_dir()  # by a worker from before agents waited
+            if prepared:
+                body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
+            self._write_spec(d, body)
+            if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
+                shutil.rmtree(d / "workspace")
+            self._spawn(spec, d, self._env(spec, d))
+            return True
 
     def _pid(self, name: str) -> int | None:
         try:

@@ -14,9 +14,10 @@ ci.sh and, when ci.sh exits 0 and ``save`` is true, copied back after it.
 ``go`` (optional; pipelining): the agent checks out, says it is ready, then waits up to ``timeout`` seconds for one
 line of JSON from ``from`` (its stdin, or a FIFO it keeps open read-write, so it never sees an end of file) before
 it runs ci.sh: ``{"env": {...}}``, ci.sh's environment (secrets among it: they never reach a file or argument), laid
-over the agent's own. Only the first line counts; one sent twice is read once. No line in time: it exits
-``NOT_STARTED`` without running ci.sh (``exit.json`` says ``"started": false``). A checkout that failed before the
-line came is tried again after it (the line may bring the GitHub token a private repository needs).
+over the agent's own. Only the first such line counts (one sent twice is read once; a garbled one is skipped).
+No line in time: it exits ``NOT_STARTED`` without running ci.sh (``exit.json`` says ``"started": false``). A
+checkout that failed before the line came is tried again after it (the line may bring the GitHub token a private
+repository needs).
 
 ``agent.py STATE_DIR`` reads ``STATE_DIR/spec.json`` and writes, in ``STATE_DIR``: ``log`` (ci.sh's stdout
 and stderr with the agent's own lines), and at the end ``exit.json`` (exit code, times, reason), written
@@ -40,6 +41,7 @@ from typing import IO, Any
 AGENT_FAILURE = 255  # the agent itself could not run ci.sh (checkout failed, no ci.sh)
 NOT_STARTED = 254  # prepared in advance, never told to start (``go``): ci.sh did not run
 READY_LINE = "ready: ci.sh starts when the phase before has ended"
+SCRIPT_EXITED = "ci.sh exited "  # how the agent's line after ci.sh begins (Docker looks for the exit then)
 GO_LINE = "told to start"  # the first line after the start arrived: a builder that logged it has run or runs ci.sh
 
 # git asks this helper for credentials only when the server wants them. The token reaches git through the
@@ -146,13 +148,21 @@ def listen(go: dict[str, Any]) -> int:
 
 
 def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
-    """The first line of JSON on ``fd`` (``listen``), or None when none came within ``go["timeout"]`` seconds (or
-    stdin ended)."""
+    """The first line of JSON (an object) on ``fd`` (``listen``), or None when none came within ``go["timeout"]``
+    seconds (or stdin ended). A line that is no JSON object (garbled) is skipped."""
     fifo = go.get("from") != "stdin"
     deadline = time.monotonic() + float(go.get("timeout", 3600))
     data = b""
     try:
-        while b"\n" not in data:
+        while True:
+            while b"\n" in data:
+                line, data = data.split(b"\n", 1)
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    return message
             left = deadline - time.monotonic()
             if not select.select([fd], [], [], max(0.0, min(left, 60.0)))[0]:
                 if left <= 0:
@@ -168,8 +178,6 @@ def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
     finally:
         if fifo:
             os.close(fd)
-    message = json.loads(data.split(b"\n", 1)[0])
-    return message if isinstance(message, dict) else None
 
 
 def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda: None) -> dict[str, Any]:
@@ -219,7 +227,7 @@ def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda
                           stdin=subprocess.DEVNULL if go else None, stdout=out, stderr=subprocess.STDOUT, check=False)
     code = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
     ended = time.time()
-    reason = f"{script} exited {code} in {ended - ci_started:.1f} s"
+    reason = f"{script} exited {code} in {ended - ci_started:.1f} s"  # SCRIPT_EXITED for ci.sh
     _say(out, reason)
     if code == 0 and cache and cache.get("paths") and cache.get("save", True):
         save_cache(cache, cwd, home, out)

@@ -6,6 +6,7 @@ there. The same contract on the local builder (a FIFO) and the Docker builder (t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 import uuid
@@ -140,3 +141,19 @@ def test_an_agent_killed_while_it_waits_is_made_anew(builder: Builder, spec: Bui
     if isinstance(builder, LocalBuilder):
         body = json.loads((tmp_path / "builders" / spec.name / "spec.json").read_text())
         assert "go" not in body and SECRET not in json.dumps(body)
+
+
+def test_the_agent_takes_the_first_whole_line_and_skips_garbled_ones(tmp_path: Path) -> None:
+    from katkit import agent
+
+    fifo = tmp_path / "go"
+    os.mkfifo(fifo)
+    go = {"from": str(fifo), "timeout": 5}
+    fd = agent.listen(go)  # listening before anyone writes: what is written stays until it is read
+    writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    os.write(writer, b'{"env": {"A"\n[1, 2]\n{"env": {"A": "1"}}\n{"env": {"A": "2"}}\n')
+    os.close(writer)  # no end of file for the agent: it holds the FIFO read-write
+    assert agent.await_go(go, fd) == {"env": {"A": "1"}}
+    started = time.monotonic()
+    assert agent.await_go({"from": str(fifo), "timeout": 0.3}, agent.listen(go)) is None
+    assert time.monotonic() - started >= 0.25  # it waited its timeout out

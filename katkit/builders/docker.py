@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from katkit.agent import GO_LINE, NOT_STARTED, READY_LINE
+from katkit.agent import GO_LINE, NOT_STARTED, READY_LINE, SCRIPT_EXITED
 from katkit.builders import PREPARED_LABEL, BuilderSpec, BuilderState, cache_volume
 from katkit.config import DockerConfig, TenantConfig
 from katkit.errors import BadInput, InfraError, KatkitError
@@ -28,6 +28,9 @@ CACHE_IN_BUILDER = "/katkit/cache"
 CACHE_LABEL = "katkit.cache"
 QUEUE_CHUNKS = 64
 AGENT_WAITS_LABEL = "katkit.agent-waits"
+ENDING = f"[katkit-agent] {SCRIPT_EXITED}".encode()  # the agent's line after ci.sh ("ci.sh exited 0 in 1.2 s")
+ENDING_POLL_S = 0.005
+REREAD_LIMIT = 4 << 20  # an exited builder's log up to this long is read to its end at once (``_read_to_the_end``)
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
 _RUNNING = ("created", "running", "restarting", "paused")
 
@@ -58,14 +61,16 @@ def engine_errors(fn: Callable[Concatenate[E, P], R]) -> Callable[Concatenate[E,
 class _LogFollower:
     """Follows one container's log in a thread; hands out bytes in order, at most QUEUE_CHUNKS ahead."""
 
-    def __init__(self, api: Any, container: str, position: int) -> None:
+    def __init__(self, api: Any, container: str, position: int, follow: bool = True) -> None:
         self.position = position
+        self.follows = follow
+        self.ending = False  # the agent's line after ci.sh has come: the container exits in a moment
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._leftover = b""
         self.ready = threading.Event()
         self.done = threading.Event()
         self.error: Exception | None = None
-        self._stream = api.logs(container, stream=True, follow=True, stdout=True, stderr=True)
+        self._stream = api.logs(container, stream=True, follow=follow, stdout=True, stderr=True)
         self._thread = threading.Thread(target=self._run, args=(position,), daemon=True, name=f"logs-{container}")
         self._thread.start()
 
@@ -77,6 +82,8 @@ class _LogFollower:
                         skip -= len(chunk)
                         continue
                     chunk, skip = chunk[skip:], 0
+                if ENDING in chunk:
+                    self.ending = True
                 self._queue.put(chunk)
                 self.ready.set()
         except Exception as exc:  # noqa: BLE001 - reported by read(); a closed stream ends here too
@@ -102,6 +109,11 @@ class _LogFollower:
     @property
     def drained(self) -> bool:
         return self.done.is_set() and self._queue.empty() and not self._leftover
+
+    @property
+    def caught_up(self) -> bool:
+        """All it has received is handed out (it waits on the engine for more)."""
+        return self._queue.empty() and not self._leftover
 
     def close(self) -> None:
         try:
@@ -318,6 +330,8 @@ class DockerBuilder(EngineUser):
             return BuilderState(running=False, reason=f"the builder container {name} disappeared (removed from outside katkit?)")
         follower = self._followers.get(name)
         if st["Status"] in _RUNNING or follower is None or not follower.drained:
+            if st["Status"] not in _RUNNING and follower is not None:
+                self._read_to_the_end(name, follower)
             return BuilderState(running=True)  # an exited builder is done once its log has been read to the end
         code = int(st.get("ExitCode", -1))
         if st.get("OOMKilled"):
@@ -333,13 +347,23 @@ class DockerBuilder(EngineUser):
             return BuilderState(running=False, exit_code=code, reason="prepared in advance, never told to start")
         return BuilderState(running=False, exit_code=code, reason=f"ci.sh exited {code}")
 
+    def _read_to_the_end(self, name: str, follower: _LogFollower) -> None:
+        """The container has exited, so its log is whole: a follower that has handed out all it got reads the rest
+        without following (the engine ends a follow tens of ms after the exit). Not for a long log: the engine
+        serves another offset by reading the log again from its start."""
+        if follower.follows and not follower.done.is_set() and follower.caught_up and follower.position < REREAD_LIMIT:
+            with self._lock:
+                if self._followers.get(name) is follower:
+                    follower.close()
+                    self._followers[name] = _LogFollower(self.api, name, follower.position, follow=False)
+
     def _follower(self, name: str, offset: int) -> _LogFollower:
         with self._lock:
             follower = self._followers.get(name)
             if follower is None or follower.position != offset:
                 if follower is not None:
                     follower.close()
-                follower = self._followers[name] = _LogFollower(self.api, name, offset)
+                follower = self._followers[name] = _LogFollower(self.api, name, offset, follow=follower is None or follower.follows)
             return follower
 
     @engine_errors
@@ -356,7 +380,8 @@ class DockerBuilder(EngineUser):
         if follower is None:
             threading.Event().wait(timeout)
             return
-        follower.ready.wait(timeout)
+        # after ci.sh's end the exit is looked for every few ms: the engine ends a follow only tens of ms after it
+        follower.ready.wait(min(timeout, ENDING_POLL_S) if follower.ending else timeout)
         follower.ready.clear()
         if not follower.drained and not follower._queue.empty():
             follower.ready.set()

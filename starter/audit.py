@@ -9,6 +9,7 @@ difference is listed in ``AuditTrail.disagreements`` (the CLI then exits 1).
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -64,6 +65,20 @@ def _values(payloads: Payloads | None) -> list[Any]:
 def _one(payloads: Payloads | None, model: type[Any]) -> Any:
     values = _values(payloads)
     return model.model_validate(values[0]) if values else None
+
+
+def _freeze_checked(check: FreezeCheck | None, frozen: bool, at: datetime,
+                    add: Callable[[AuditEntry], None]) -> bool:
+    """The entry a freeze check's result makes (held by a freeze, or going ahead after one); whether frozen now."""
+    found = (check or FreezeCheck()).freeze
+    if found is not None:
+        add(AuditEntry(at=at, what="frozen", text=f"deploy held: frozen until {found.until:%Y-%m-%d %H:%M} UTC"
+                                                  + (f" by {found.by}" if found.by else f" (window {found.window})")
+                                                  + (f": {found.reason}" if found.reason else "")))
+        return True
+    if frozen:
+        add(AuditEntry(at=at, what="frozen", text="no freeze in force any more: the deploy goes ahead"))
+    return False
 
 
 def _summary(event: HistoryEvent) -> str:
@@ -167,17 +182,15 @@ def audit_trail(history: WorkflowHistory, status: RunStatus) -> AuditTrail:
                                                             f"{', '.join(p.name for p in plan.phases)} "
                                                             f"(katkitconfig.js entry {plan.env_entry})"))
             elif name == "freeze_check":
-                found = (_one(a.result, FreezeCheck) or FreezeCheck()).freeze
-                if found is not None:
-                    frozen = True
-                    add(AuditEntry(at=at, what="frozen", text=f"deploy held: frozen until {found.until:%Y-%m-%d %H:%M} UTC"
-                                                              + (f" by {found.by}" if found.by else f" (window {found.window})")
-                                                              + (f": {found.reason}" if found.reason else "")))
-                elif frozen:
-                    frozen = False
-                    add(AuditEntry(at=at, what="frozen", text="no freeze in force any more: the deploy goes ahead"))
+                frozen = _freeze_checked(_one(a.result, FreezeCheck), frozen, at, add)
             elif name == "notify":
                 add(AuditEntry(at=at, what="webhook", text=f"{summary} delivered"))
+        elif kind == "marker_recorded_event_attributes":  # a local activity: the freeze check
+            m = event.marker_recorded_event_attributes
+            if m.marker_name == "core_local_activity" and "data" in m.details and "result" in m.details:
+                data = _values(m.details["data"])
+                if data and isinstance(data[0], dict) and data[0].get("activity_type") == "freeze_check":
+                    frozen = _freeze_checked(_one(m.details["result"], FreezeCheck), frozen, at, add)
         elif kind == "activity_task_failed_event_attributes":
             a = event.activity_task_failed_event_attributes
             name, summary, _ = scheduled.get(a.scheduled_event_id, ("?", "", None))

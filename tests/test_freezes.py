@@ -109,8 +109,8 @@ async def test_an_adhoc_freeze_holds_the_deploy_until_unfreeze(kk: Katkit, sha: 
     freezes = await kk.client.get_workflow_handle(freezes_id(settings.task_queue, "d-taskrunner")).fetch_history()
     await assert_replays([history, freezes])
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "freeze1_adhoc_unfrozen.json").write_text(history.to_json())
-        (HISTORIES / "freeze1_tenant_freezes.json").write_text(freezes.to_json())
+        (HISTORIES / "freeze2_adhoc_unfrozen.json").write_text(history.to_json())
+        (HISTORIES / "freeze2_tenant_freezes.json").write_text(freezes.to_json())
 
 
 async def test_windows_fail_or_wait_and_an_approver_breaks_the_glass(client, settings: Settings, repo: Path, sha: str,
@@ -158,4 +158,4 @@ async def test_windows_fail_or_wait_and_an_approver_breaks_the_glass(client, set
     await assert_replays(list(histories.values()))
     if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
         for name, history in histories.items():
-            (HISTORIES / f"freeze1_{name}.json").write_text(history.to_json())
+            (HISTORIES / f"freeze2_{name}.json").write_text(history.to_json())

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
 
 AUTOROLLBACK_PATCH = "katkit-autorollback-1"  # on_post_deploy_failure: rollback puts the previous image back
 FREEZE_PATCH = "katkit-freeze-1"  # a deploy waits while the tenant is frozen (or fails: on_freeze: fail)
+FREEZE_LOCAL_PATCH = "katkit-freeze-local-1"  # the freeze check is a local activity (the gate -> deploy path was ~25 ms longer)
 FREEZE_CHECK_TIMEOUT = timedelta(seconds=30)
 MIN_FREEZE_WAIT = timedelta(seconds=1)
 AUTO_ROLLBACK_ACTOR = "katkit"  # who the ledger says started an automatic rollback
@@ -127,9 +128,15 @@ class DeploymentSteps:
         freeze, began, waited = self._status.freeze, workflow.now(), False
         while not freeze.overrides:
             self._freeze_changed = False  # before asking: an unfreeze while the check runs wakes the wait below
-            check: FreezeCheck = await workflow.execute_activity_method(
-                DeployActivities.freeze_check, FreezeCheckInput(tenant=self._inp.tenant, run_id=self._status.run_id),
-                start_to_close_timeout=FREEZE_CHECK_TIMEOUT, retry_policy=INFRA_RETRY, summary="freeze check")
+            check_input = FreezeCheckInput(tenant=self._inp.tenant, run_id=self._status.run_id)
+            if workflow.patched(FREEZE_LOCAL_PATCH):  # on this worker, in this workflow task: no round trip
+                check: FreezeCheck = await workflow.execute_local_activity_method(
+                    DeployActivities.freeze_check, check_input, start_to_close_timeout=FREEZE_CHECK_TIMEOUT,
+                    retry_policy=INFRA_RETRY, summary="freeze check")
+            else:
+                check = await workflow.execute_activity_method(
+                    DeployActivities.freeze_check, check_input,
+                    start_to_close_timeout=FREEZE_CHECK_TIMEOUT, retry_policy=INFRA_RETRY, summary="freeze check")
             found = check.freeze
             if found is None:
                 break

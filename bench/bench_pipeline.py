@@ -57,14 +57,15 @@ def verdict(ratio: float, target: float) -> str:
     return f"{ratio:5.2f}x  (target <= {target:.1f}x: {'met' if ratio <= target else 'NOT met'})"
 
 
-async def main(runs: int) -> None:
+async def main(runs: int, prepare_ahead: int | None) -> None:
     configure_logging("WARNING")
     work = Path(tempfile.mkdtemp(prefix="katkit-bench-pipeline-"))
     repo = work / "repo"
     noop = noop_pipeline(PHASES)
     sha = commit_files(repo, noop)
     builders = ["local"] + (["docker"] if docker_answers() else [])
-    tenants = "".join(f"  - {{name: bench-{b}, env: DEV, builder: {b}, docker: {{builder_network: none}}}}\n"
+    ahead = "" if prepare_ahead is None else f", prepare_ahead: {prepare_ahead}"
+    tenants = "".join(f"  - {{name: bench-{b}, env: DEV, builder: {b}, docker: {{builder_network: none}}{ahead}}}\n"
                       for b in builders)
     config = f"tenants:\n{tenants}links: [{{repo: r, url: {repo}, tenants: [{', '.join(f'bench-{b}' for b in builders)}]}}]\n"
     load_before = os.getloadavg()
@@ -93,7 +94,8 @@ async def main(runs: int) -> None:
                 bare_sum.append(sum(floor))
             rows.append((b, phase_s, bare, whole, bare_sum))
     load_after = os.getloadavg()
-    print(f"katkit bench: {PHASES}-phase no-op pipeline, katkit against its bare floor, {runs} runs per builder "
+    print(f"katkit bench: {PHASES}-phase no-op pipeline, katkit against its bare floor, {runs} runs per builder, "
+          f"prepare_ahead {2 if prepare_ahead is None else prepare_ahead} "
           f"(load average before {load_before[0]:.2f}, after {load_after[0]:.2f}; {os.cpu_count()} cores)")
     print(f"  {'':38} {'katkit p50':>11} {'bare p50':>10}   ratio")
     for b, phase_s, bare, whole, bare_sum in rows:
@@ -109,4 +111,7 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=4)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--prepare-ahead", type=int, default=None,
+                        help="the tenants' prepare_ahead (default: katkit's default, 2)")
+    args = parser.parse_args()
+    asyncio.run(main(args.runs, args.prepare_ahead))

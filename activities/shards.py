@@ -210,14 +210,18 @@ class ShardActivities:
         travel with the word to start (``run_shard``). A builder that cannot be prepared is no failure: ``run_shard``
         then makes it as it always did."""
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
-        if self.log_store.outcome(log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)):
-            return PrepareResult(builder=name)  # a prepare that came late: its shard has run and its builder is gone
+        key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        if self.log_store.is_finished(key):
+            return PrepareResult(builder=name)  # a prepare that came late: its shard has ended, its builder is gone
         spec = self._spec(inp, name, contract_env(inp))
         # it waits until its phase's shards would have timed out, and for outages of the worker or the server
         waits = (inp.deadline - datetime.now(timezone.utc)).total_seconds() + READY_GRACE_S
         spec.ready_for_s = max(waits, READY_GRACE_S)
         self._have_sha(inp)
-        self._builders(inp.tenant).prepare(spec)
+        builder = self._builders(inp.tenant)
+        builder.prepare(spec)
+        if self.log_store.is_finished(key):  # it ended meanwhile (a shard records its end before it removes its
+            builder.remove(name)             # builder): this builder was made after that removal
         return PrepareResult(builder=name)
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:

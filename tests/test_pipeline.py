@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -38,6 +39,10 @@ if [ "$KATKIT_PHASE" = A ]; then
   echo "B prepared: $n, C prepared: $c, ci.sh started in B: $(cat "$HOME"/../katkit-*-b-*/log 2>/dev/null | grep -c 'running ci.sh')"
   [ -f fail_a ] && exit 3
   [ -f slow_a ] && sleep 60
+fi
+if [ "$KATKIT_PHASE" = B ] && [ -f fail_b ]; then
+  [ "$KATKIT_SHARD_INDEX" = 0 ] && exit 4
+  sleep 60
 fi
 echo "phase $KATKIT_PHASE shard $KATKIT_SHARD_INDEX: secret ${TOKEN:-none}"
 """
@@ -126,6 +131,22 @@ async def test_prepared_builders_hold_no_secret_and_go_when_the_phase_before_fai
 
 
 @pytest.mark.usefixtures("worker")
+async def test_a_prepared_phase_that_fails_fast_leaves_no_builder(ks: Katkit, repo: Path) -> None:
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "fail_b": "1"})
+    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+    with pytest.raises(RunFailed, match="phase B failed: shard 1/2"):
+        await ks.wait(handle.run_id)
+    st = await ks.status(handle.run_id)
+    assert [p.state for p in st.phases] == ["succeeded", "failed", "skipped"], st.phases
+    assert [s.state for s in st.phases[1].shards] == ["failed", "cancelled"]
+    assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
+    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / "pipeline2_prepared_phase_failed_fast.json").write_text(history.to_json())
+
+
+@pytest.mark.usefixtures("worker")
 async def test_a_cancel_removes_the_running_and_the_prepared_builders(ks: Katkit, repo: Path) -> None:
     sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
     handle = await ks.start_run("d-sec", "taskrunner", sha=sha, by="bob")  # secrets: none in a prepared builder
@@ -200,6 +221,9 @@ links:
     assert [p.state for p in st.phases] == ["succeeded"] * 3
     b = await _log(ks, handle.run_id, "B")
     assert b.count("secret ***") == 2 and b.count("[katkit-agent] told to start") == 2, b  # the secret came on stdin
+    for name in "ABC":  # each log whole to its last line, though the pump held back what could begin a secret
+        whole = await _log(ks, handle.run_id, name)
+        assert re.search(r"\[katkit-agent\] ci.sh exited 0 in \d+\.\d s\n$", whole), (name, whole[-300:])
     events = docker_api.events(since=since, until=int(time.time()) + 1, decode=True,
                                filters={"event": "create", "label": f"katkit.tenant={tenant}"})
     assert sorted(e["Actor"]["Attributes"]["katkit.phase"] for e in events) == ["A", "B", "B", "C"]  # none made anew

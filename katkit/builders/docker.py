@@ -30,7 +30,9 @@ QUEUE_CHUNKS = 64
 AGENT_WAITS_LABEL = "katkit.agent-waits"
 ENDING = f"[katkit-agent] {SCRIPT_EXITED}".encode()  # the agent's line after ci.sh ("ci.sh exited 0 in 1.2 s")
 ENDING_POLL_S = 0.005
-REREAD_LIMIT = 4 << 20  # an exited builder's log up to this long is read to its end at once (``_read_to_the_end``)
+REREAD_LIMIT = 4 << 20
+KEEP = 1 << 16  # bytes a log follower keeps of what it handed out (``_LogFollower.rewind``)
+NEW_READER_WAIT_S = 0.2  # an exited builder's log up to this long is read to its end at once (``_read_to_the_end``)
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
 _RUNNING = ("created", "running", "restarting", "paused")
 
@@ -64,7 +66,8 @@ class _LogFollower:
     def __init__(self, api: Any, container: str, position: int, follow: bool = True) -> None:
         self.position = position
         self.follows = follow
-        self.ending = False  # the agent's line after ci.sh has come: the container exits in a moment
+        self.ending = 0  # >0: the agent's line after ci.sh has come (the container exits soon); exit polls since
+        self.kept = b""  # the last bytes handed out: a reader that held some back reads them again (``rewind``)
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._leftover = b""
         self.ready = threading.Event()
@@ -83,7 +86,7 @@ class _LogFollower:
                         continue
                     chunk, skip = chunk[skip:], 0
                 if ENDING in chunk:
-                    self.ending = True
+                    self.ending = max(self.ending, 1)
                 self._queue.put(chunk)
                 self.ready.set()
         except Exception as exc:  # noqa: BLE001 - reported by read(); a closed stream ends here too
@@ -104,7 +107,21 @@ class _LogFollower:
         data = b"".join(parts)
         data, self._leftover = data[:limit], data[limit:]
         self.position += len(data)
+        if data:
+            self.kept = (self.kept + data)[-KEEP:]
         return data
+
+    def rewind(self, offset: int) -> bool:
+        """Hand out again from ``offset``, at most ``KEEP`` bytes back (a reader holds back the end of each read that
+        could begin a secret, and asks for it again); False when that is not at hand."""
+        back = self.position - offset
+        if back < 0 or back > len(self.kept):
+            return False
+        if back:
+            self._leftover = self.kept[len(self.kept) - back:] + self._leftover
+            self.kept = self.kept[:len(self.kept) - back]
+            self.position = offset
+        return True
 
     @property
     def drained(self) -> bool:
@@ -249,10 +266,13 @@ class DockerBuilder(EngineUser):
         status = info["State"]["Status"]
         if status == "created":
             return None  # a prepare that ended between create and start
-        if status not in _RUNNING:
-            return False if self._was_told(info["Id"]) else None
-        if not spec.first_try and self._was_told(info["Id"]):
-            return False
+        if status not in _RUNNING:  # ended: told (re-attach), or not, and ci.sh never ran there (made anew)
+            told = self._was_told(info["Id"])
+            if told is None:  # the log cannot say: only the agent's own exit code for "never told" makes it anew
+                told = int(info["State"].get("ExitCode", -1)) != NOT_STARTED
+            return False if told else None
+        if not spec.first_try and self._was_told(info["Id"]) is not False:
+            return False  # told by an earlier attempt (or the log cannot say: never risk a second ci.sh)
         sock = self.api.attach_socket(info["Id"], params={"stdin": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
         try:
@@ -264,26 +284,35 @@ class DockerBuilder(EngineUser):
             sock.close()
         return True
 
-    def _was_told(self, container: str) -> bool:
-        """Whether the agent said it was told to start: the line after its 'ready' line (read from the log's start)."""
+    def _was_told(self, container: str) -> bool | None:
+        """Whether the agent said it was told to start: the line after its 'ready' line, read from the log's start.
+        None when the log does not show the 'ready' line (rotated away, or not served): it cannot tell."""
         seen = b""
+        ready_line = f"[katkit-agent] {READY_LINE}\n".encode()
         stream = self.api.logs(container, stream=True, follow=False, stdout=True, stderr=True)
         try:
             for chunk in stream:
                 seen += chunk
-                ready = seen.find(f"[katkit-agent] {READY_LINE}\n".encode())
-                if ready >= 0 and b"\n" in seen[ready + len(READY_LINE) + 16:]:
+                ready = seen.find(ready_line)
+                if ready >= 0 and b"\n" in seen[ready + len(ready_line):]:
                     break
                 if len(seen) > 1 << 20:
                     break
         finally:
             stream.close()
-        return f"[katkit-agent] {GO_LINE}\n".encode() in seen
+        ready = seen.find(ready_line)
+        if ready < 0:
+            return None
+        return seen[ready + len(ready_line):].startswith(f"[katkit-agent] {GO_LINE}\n".encode())
 
     def _create(self, spec: BuilderSpec, prepared: bool, waits: bool = False) -> str | None:
         """Create the builder's container; its id, or None when another attempt created it a moment ago."""
         import docker.errors
 
+        with self._lock:  # a follower of a container of that name before this one reads another log
+            old = self._followers.pop(spec.name, None)
+        if old is not None:
+            old.close()
         image = spec.image or self.config.image  # checked by the run's checkout; create says so if it vanished since
         binds: dict[str, dict[str, str]] = {}
         repo_url = spec.repo_url
@@ -343,7 +372,7 @@ class DockerBuilder(EngineUser):
                                 reason=f"the builder was stopped with {sig} from outside katkit (exit {code})")
         if code == 255:
             return BuilderState(running=False, exit_code=code, reason="the agent could not run ci.sh (see the log)")
-        if code == NOT_STARTED and not self._was_told(name):
+        if code == NOT_STARTED and self._was_told(name) is False:
             return BuilderState(running=False, exit_code=code, reason="prepared in advance, never told to start")
         return BuilderState(running=False, exit_code=code, reason=f"ci.sh exited {code}")
 
@@ -351,20 +380,26 @@ class DockerBuilder(EngineUser):
         """The container has exited, so its log is whole: a follower that has handed out all it got reads the rest
         without following (the engine ends a follow tens of ms after the exit). Not for a long log: the engine
         serves another offset by reading the log again from its start."""
-        if follower.follows and not follower.done.is_set() and follower.caught_up and follower.position < REREAD_LIMIT:
+        failed = follower.done.is_set() and follower.error is not None  # e.g. the engine restarted mid-follow
+        if failed or (follower.follows and not follower.done.is_set() and follower.caught_up
+                      and follower.position < REREAD_LIMIT):
             with self._lock:
                 if self._followers.get(name) is follower:
+                    again = _LogFollower(self.api, name, follower.position, follow=False)
+                    again.kept = follower.kept
+                    self._followers[name] = again
                     follower.close()
-                    self._followers[name] = _LogFollower(self.api, name, follower.position, follow=False)
 
     def _follower(self, name: str, offset: int) -> _LogFollower:
         with self._lock:
             follower = self._followers.get(name)
-            if follower is None or follower.position != offset:
-                if follower is not None:
-                    follower.close()
-                follower = self._followers[name] = _LogFollower(self.api, name, offset, follow=follower is None or follower.follows)
-            return follower
+            if follower is not None and follower.rewind(offset):
+                return follower
+            if follower is not None:
+                follower.close()
+            follower = self._followers[name] = _LogFollower(self.api, name, offset, follow=follower is None or follower.follows)
+        follower.ready.wait(NEW_READER_WAIT_S)  # what the engine has already: a reader at the end reads all of it
+        return follower
 
     @engine_errors
     def read_log(self, name: str, offset: int, limit: int) -> bytes:
@@ -380,8 +415,12 @@ class DockerBuilder(EngineUser):
         if follower is None:
             threading.Event().wait(timeout)
             return
-        # after ci.sh's end the exit is looked for every few ms: the engine ends a follow only tens of ms after it
-        follower.ready.wait(min(timeout, ENDING_POLL_S) if follower.ending else timeout)
+        # after ci.sh's end the exit is looked for every few ms, then less often (the agent may be saving a cache):
+        # the engine ends a follow only tens of ms after the exit
+        if follower.ending:
+            timeout = min(timeout, ENDING_POLL_S * (1 << min(follower.ending - 1, 10)))
+            follower.ending += 1
+        follower.ready.wait(timeout)
         follower.ready.clear()
         if not follower.drained and not follower._queue.empty():
             follower.ready.set()

@@ -143,7 +143,8 @@ class LocalBuilder:
         """The builder's directory and its agent, which checks out the sha and then waits on the FIFO ``go`` (up to
         ``spec.ready_for_s``) for ci.sh's environment: ``start`` writes it there. spec.json carries the labels (the
         reaper sees it) and ``katkit.prepared``; no env is written and the agent's own holds none of the spec's."""
-        with self._locked(spec.name) as d:
+        with self._locked(spec.name):
+            d = self._dir(spec.name)
             if (d / "pid").exists() or (d / "exit.json").exists() or (d / "spec.json").exists():
                 return  # prepared already, or started: a prepare that comes late changes nothing
             if (d / "workspace").exists():  # a prepare that crashed half-way: begin clean
@@ -197,25 +198,38 @@ class LocalBuilder:
             pass
         if (d / "started").exists():
             return False  # told: never removed here, whatever happened since (the run removes it)
-        self.remove(spec.name)  # never told in time, or killed while it waited: ci.sh never ran there
+        self._remove_now(spec.name)  # never told in time, or killed while it waited: ci.sh never ran there
         return None
 
     @contextlib.contextmanager
-    def _locked(self, name: str) -> Iterator[Path]:
-        """The builder's directory, made (0700) and locked against a prepare or start of it in another thread or
-        worker process (an attempt that timed out may still run)."""
-        d = self._dir(name)
-        d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
-        d.chmod(0o700)
-        fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
-        try:
+    def _locked(self, name: str, make: bool = True) -> Iterator[Path]:
+        """Hold the builder's lock (``<root>.locks/<name>``, beside the builders: a directory moves to the trash when
+        removed) against a prepare, start or remove of it in another thread or worker process (an attempt that timed
+        out may still run); yield the lock file. ``make``: make the builder's directory (0700) first."""
+        locks = self.root.with_name(f"{self.root.name}.locks")
+        locks.mkdir(parents=True, exist_ok=True)
+        path = inside(locks, name)
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield d
+            try:
+                if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                    break  # still the lock: a remove that held it before us did not unlink it
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            if make:
+                d = self._dir(name)
+                d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
+                d.chmod(0o700)
+            yield path
         finally:
             os.close(fd)
 
     def start(self, spec: BuilderSpec) -> bool:
-        with self._locked(spec.name) as d:
+        with self._locked(spec.name):
+            d = self._dir(spec.name)
             if (d / "go").exists():  # prepared in advance: its agent waits to be told
                 told = self._tell_or_remake(spec, d)
                 if told is not None:
@@ -327,7 +341,13 @@ class LocalBuilder:
                 time.sleep(0.05)
 
     def remove(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
-        """Stop the agent; the builder is gone as soon as its directory moves to the trash (deleted in the background)."""
+        """Stop the agent; the builder is gone as soon as its directory moves to the trash (deleted in the background).
+        Locked against a prepare or start of the same builder (``_locked``), whose lock goes with it."""
+        with self._locked(name, make=False) as lock:
+            self._remove_now(name, progress)
+            lock.unlink(missing_ok=True)  # holders that opened it before see it is no longer the lock, and look again
+
+    def _remove_now(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
         pid = self._pid(name)
         self._stop(name, pid, progress)
         if pid is not None and (proc := _children.pop(pid, None)) is not None:

@@ -174,8 +174,8 @@ class ShardRunner:
     def _unstarted(self, prepared: list[tuple[asyncio.Future[PrepareResult], str, str]],
                    pending: list[asyncio.Future[ShardResult]], tasks: dict[asyncio.Future[ShardResult], int],
                    state: PhaseState) -> list[tuple[str, str]]:
-        """The prepared builders of the shards about to be cancelled: one whose activity never started has nobody
-        else to remove it (removing one that is gone already is no error)."""
+        """The prepared builders of the shards about to be cancelled. One whose activity never started has nobody
+        else to remove it; the workflow cannot tell which did, so all of them (one removed already is no error)."""
         if not self.remove_unstarted or not prepared:
             return []
         hosts = {name: host for _, name, host in prepared}

@@ -18,6 +18,7 @@ import pytest
 
 from katkit.config import parse_config
 from katkit.errors import RunFailed
+from katkit.models import RunStatus
 from katkit.sample import commit_files
 from starter.api import Katkit
 from tests.chaos import processes_in
@@ -61,6 +62,26 @@ async def _log(ks: Katkit, run_id: str, phase: str) -> str:
     return "".join(data.decode() for _, data in [x async for x in ks.follow_logs(run_id, phase)])
 
 
+async def _failed_run(ks: Katkit, repo: Path, flag: str, match: str) -> tuple[str, RunStatus]:
+    """A run of the pipeline on d-pipe with ``flag`` committed, which fails with ``match``; no builder and no agent
+    is left once it has ended."""
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, flag: "1"})
+    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+    with pytest.raises(RunFailed, match=match):
+        await ks.wait(handle.run_id)
+    assert _builders(ks.settings.home) == []  # removed before the run ended, waiting agents with them
+    assert processes_in(ks.settings.home / "builders") == []
+    return handle.run_id, await ks.status(handle.run_id)
+
+
+async def _replays(ks: Katkit, run_id: str, record_as: str) -> None:
+    """The run's history replays; recorded as ``record_as`` with KATKIT_RECORD_HISTORIES=1."""
+    history = await ks.client.get_workflow_handle(run_id).fetch_history()
+    await assert_replays([history])
+    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
+        (HISTORIES / record_as).write_text(history.to_json())
+
+
 def _ready(home: Path, phase: str) -> list[Path]:
     """The builders of ``phase`` whose agent has checked out and waits to be told to start."""
     return [p for p in (home / "builders").glob(f"katkit-*-{phase}-*/log") if b"ready: ci.sh starts" in p.read_bytes()]
@@ -93,10 +114,7 @@ async def test_the_next_phase_is_prepared_while_one_runs_and_only_starts_ci_sh(k
     c = await _log(ks, handle.run_id, "C")
     assert "[katkit-agent] told to start" in c, c
     assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
-    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
-    await assert_replays([history])
-    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "pipeline2_three_phases.json").write_text(history.to_json())
+    await _replays(ks, handle.run_id, "pipeline2_three_phases.json")
 
 
 @pytest.mark.usefixtures("worker")
@@ -115,35 +133,18 @@ async def test_prepare_ahead_0_starts_each_builder_when_its_phase_starts(ks: Kat
 
 @pytest.mark.usefixtures("worker")
 async def test_prepared_builders_hold_no_secret_and_go_when_the_phase_before_fails(ks: Katkit, repo: Path) -> None:
-    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "fail_a": "1"})
-    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
-    with pytest.raises(RunFailed, match="phase A failed"):
-        await ks.wait(handle.run_id)
-    assert "B prepared: 2" in await _log(ks, handle.run_id, "A")
-    assert _builders(ks.settings.home) == []  # removed before the run ended, their waiting agents with them
-    assert processes_in(ks.settings.home / "builders") == []
-    st = await ks.status(handle.run_id)
+    run_id, st = await _failed_run(ks, repo, "fail_a", "phase A failed")
+    assert "B prepared: 2" in await _log(ks, run_id, "A")
     assert [p.state for p in st.phases] == ["failed", "skipped", "skipped"], st.phases
-    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
-    await assert_replays([history])
-    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "pipeline2_phase_before_failed.json").write_text(history.to_json())
+    await _replays(ks, run_id, "pipeline2_phase_before_failed.json")
 
 
 @pytest.mark.usefixtures("worker")
 async def test_a_prepared_phase_that_fails_fast_leaves_no_builder(ks: Katkit, repo: Path) -> None:
-    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "fail_b": "1"})
-    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
-    with pytest.raises(RunFailed, match="phase B failed: shard 1/2"):
-        await ks.wait(handle.run_id)
-    st = await ks.status(handle.run_id)
+    run_id, st = await _failed_run(ks, repo, "fail_b", "phase B failed: shard 1/2")
     assert [p.state for p in st.phases] == ["succeeded", "failed", "skipped"], st.phases
     assert [s.state for s in st.phases[1].shards] == ["failed", "cancelled"]
-    assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
-    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
-    await assert_replays([history])
-    if os.environ.get("KATKIT_RECORD_HISTORIES") == "1":
-        (HISTORIES / "pipeline2_prepared_phase_failed_fast.json").write_text(history.to_json())
+    await _replays(ks, run_id, "pipeline2_prepared_phase_failed_fast.json")
 
 
 @pytest.mark.usefixtures("worker")

@@ -127,7 +127,7 @@ def _checkout(spec: dict[str, Any], env: dict[str, str] | None, out: IO[bytes]) 
     token = (env or os.environ).get("GITHUB_TOKEN") if spec["repo_url"].startswith(("https://", "http://")) else None
     if token:
         git_env["KATKIT_GIT_TOKEN"] = token
-    if os.path.isdir(ws):  # a checkout that failed half-way (tried again once the start came)
+    if os.path.isdir(ws):  # left half-made: a builder start that crashed, or a checkout tried again once told
         shutil.rmtree(ws, ignore_errors=True)
     for cmd in (
         ["git", *credential_args(token), "-c", "safe.directory=*", "clone", "--quiet", "--no-checkout", spec["repo_url"], ws],

@@ -157,3 +157,14 @@ def test_the_agent_takes_the_first_whole_line_and_skips_garbled_ones(tmp_path: P
     started = time.monotonic()
     assert agent.await_go({"from": str(fifo), "timeout": 0.3}, agent.listen(go)) is None
     assert time.monotonic() - started >= 0.25  # it waited its timeout out
+
+
+def test_a_workspace_a_crashed_start_left_is_emptied_before_the_clone(spec: BuilderSpec, tmp_path: Path) -> None:
+    builder = LocalBuilder(tmp_path / "builders")
+    stale = tmp_path / "builders" / spec.name / "workspace"
+    stale.mkdir(parents=True)
+    (stale / "half-cloned").write_text("left by a worker that died mid-start")
+    assert builder.start(_with_secret(spec)) is True
+    code, log = _until_ended(builder, spec.name)
+    assert code == 0 and log.count("ci.sh ran with") == 1, log
+    assert not (stale / "half-cloned").exists()

@@ -89,6 +89,12 @@ def _group_members(pgid: int) -> list[int]:
     return found
 
 
+def _private_dir(d: Path) -> None:
+    """A builder's directory, 0700 whatever the umask: its raw log (before masking) is for the worker only."""
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    d.chmod(0o700)
+
+
 _sweeper = _Sweeper()
 _children: dict[int, subprocess.Popen[bytes]] = {}  # agents this worker started and has not removed yet
 
@@ -147,8 +153,6 @@ class LocalBuilder:
             d = self._dir(spec.name)
             if (d / "pid").exists() or (d / "exit.json").exists() or (d / "spec.json").exists():
                 return  # prepared already, or started: a prepare that comes late changes nothing
-            if (d / "workspace").exists():  # a prepare that crashed half-way: begin clean
-                shutil.rmtree(d / "workspace")
             if not (d / "go").exists():
                 os.mkfifo(d / "go", 0o600)
             body = self._body(spec, d) | {"go": {"from": str(d / "go"), "timeout": spec.ready_for_s}}
@@ -220,9 +224,7 @@ class LocalBuilder:
             os.close(fd)
         try:
             if make:
-                d = self._dir(name)
-                d.mkdir(parents=True, exist_ok=True, mode=0o700)  # its raw log (before masking) is for the worker only
-                d.chmod(0o700)
+                _private_dir(self._dir(name))
             yield path
         finally:
             os.close(fd)
@@ -234,8 +236,7 @@ class LocalBuilder:
                 told = self._tell_or_remake(spec, d)
                 if told is not None:
                     return told
-                d.mkdir(mode=0o700)  # removed (moved to the trash): made anew below, in a fresh directory
-                d.chmod(0o700)
+                _private_dir(d)  # removed (moved to the trash): made anew below, in a fresh directory
             if (d / "pid").exists() or (d / "exit.json").exists():
                 return False
             # ci.sh's environment (secrets among it) reaches the agent as its process environment, never a file
@@ -243,9 +244,7 @@ class LocalBuilder:
             prepared = (d / "prepared").exists() and (d / "workspace").is_dir()  # by a worker from before agents waited
             if prepared:
                 body["checked_out"] = True  # prepared while the phase before ran: the agent starts ci.sh at once
-            self._write_spec(d, body)
-            if (d / "workspace").exists() and not prepared:  # a start that crashed half-way: begin clean
-                shutil.rmtree(d / "workspace")
+            self._write_spec(d, body)  # a workspace a crashed start left is emptied by the agent before it clones
             self._spawn(spec, d, self._env(spec, d))
             return True
 

@@ -43,6 +43,7 @@ NOT_STARTED = 254  # prepared in advance, never told to start (``go``): ci.sh di
 READY_LINE = "ready: ci.sh starts when the phase before has ended"
 SCRIPT_EXITED = "ci.sh exited "  # how the agent's line after ci.sh begins (Docker looks for the exit then)
 GO_LINE = "told to start"  # the first line after the start arrived: a builder that logged it has run or runs ci.sh
+DONE = "done"  # the agent's last line when the start carried a seal: "[katkit-agent] done SEAL CODE" (Docker)
 
 # git asks this helper for credentials only when the server wants them. The token reaches git through the
 # environment of that git process, never its arguments (which any user of the host can list).
@@ -180,9 +181,9 @@ def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
             os.close(fd)
 
 
-def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda: None) -> dict[str, Any]:
+def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[dict[str, Any]], None] = lambda message: None) -> dict[str, Any]:
     """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log. ``on_go``
-    is called when a builder prepared in advance has been told to start."""
+    is called with the message when a builder prepared in advance has been told to start."""
     started = time.time()
     ws = spec["workspace"]
     sha = spec["sha"]
@@ -202,7 +203,7 @@ def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[], None] = lambda
             _say(out, reason)
             return {"exit_code": NOT_STARTED, "reason": reason, "started": False, "started_at": started,
                     "ended_at": time.time()}
-        on_go()
+        on_go(message)
         _say(out, GO_LINE)
         env = {**(env if env is not None else os.environ), **(message.get("env") or {})}
         started = time.time()
@@ -240,7 +241,7 @@ def run_in_state_dir(state_dir: str) -> int:
     started = os.path.join(state_dir, "started")
     with open(os.path.join(state_dir, "log"), "ab", buffering=0) as out:
         try:
-            result = run(spec, out, on_go=lambda: open(started, "w").close())
+            result = run(spec, out, on_go=lambda message: open(started, "w").close())
         except Exception as exc:  # the agent must always leave exit.json behind
             result = {"exit_code": AGENT_FAILURE, "reason": f"agent error: {exc}", "ended_at": time.time()}
             if spec.get("go") and not os.path.exists(started):
@@ -261,8 +262,13 @@ def command(state_dir: str | os.PathLike[str]) -> list[str]:
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "--spec-json":
         sys.stdout.flush()
-        result = run(json.loads(argv[1]), os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False))
-        return int(result["exit_code"])
+        out = os.fdopen(sys.stdout.fileno(), "wb", buffering=0, closefd=False)
+        told: dict[str, Any] = {}
+        code = int(run(json.loads(argv[1]), out, on_go=told.update)["exit_code"])
+        seal = told.get("seal")
+        if isinstance(seal, str) and seal.isalnum():  # the worker takes this line as the end: nothing follows it,
+            _say(out, f"{DONE} {seal} {code}")          # and ci.sh, which never saw the seal, cannot forge it
+        os._exit(code)  # all is written (unbuffered): no interpreter teardown before the container stops
     if len(argv) == 1:
         os._exit(run_in_state_dir(argv[0]))  # exit.json is written and closed: no interpreter teardown to wait for
     print("usage: agent.py STATE_DIR | agent.py --spec-json JSON", file=sys.stderr)

@@ -168,3 +168,78 @@ def test_a_workspace_a_crashed_start_left_is_emptied_before_the_clone(spec: Buil
     code, log = _until_ended(builder, spec.name)
     assert code == 0 and log.count("ci.sh ran with") == 1, log
     assert not (stale / "half-cloned").exists()
+
+
+@pytest.fixture
+def docker_builder(docker_api: object, tmp_path: Path) -> Iterator[DockerBuilder]:
+    made = DockerBuilder(DockerConfig(builder_network="none"), "t")
+    yield made
+    for name in made.list():
+        if name.startswith(f"katkit-prep-{tmp_path.name[-8:]}"):
+            made.remove(name)
+
+
+def _with_script(repo: Path, spec: BuilderSpec, script: str) -> BuilderSpec:
+    return spec.model_copy(update={"sha": commit_files(repo, {"ci.sh": script})})
+
+
+def test_docker_ends_at_the_agents_sealed_line_which_ci_sh_cannot_forge(docker_builder: DockerBuilder, spec: BuilderSpec,
+                                                                       repo: Path, tmp_path: Path) -> None:
+    """A told builder's agent ends its log with a line sealed by a value only the worker and the agent know: the shard
+    ends there (not when the container has stopped) with the code in it. A ci.sh that prints lines of that shape
+    (any seal, any code) changes nothing: its lines stay in its log, its own exit code counts."""
+    forged = ("echo '[katkit-agent] done 0123456789abcdef 0'\n"
+              "echo '[katkit-agent] done ffffffffffffffff 0' 1>&2\n"
+              "printf '[katkit-agent] done '\nexit 3\n")
+    mirror = tmp_path / "mirror.git"
+    made = _with_script(repo, spec, forged)
+    subprocess.run(["git", "-C", str(mirror), "fetch", "--quiet", str(repo), "+refs/heads/*:refs/heads/*"], check=True)
+    docker_builder.prepare(made)
+    _log_has(docker_builder, made.name, "ready: ci.sh starts")
+    assert docker_builder.start(made.model_copy(update={"first_try": True})) is True
+    seal = docker_builder._seals[made.name]
+    code, log = _until_ended(docker_builder, made.name)
+    assert code == 3, log
+    assert "done 0123456789abcdef 0" in log and "done ffffffffffffffff 0" in log and seal not in log, log
+    assert log.rstrip("\n").endswith("[katkit-agent] ci.sh exited 3 in 0.0 s"), log  # the sealed line is not in it
+    # the container itself still says the same: ci.sh's code is the agent's exit code
+    assert docker_builder.api.wait(made.name)["StatusCode"] == 3
+
+
+def test_docker_a_sealed_kill_is_told_from_the_stopped_container(docker_builder: DockerBuilder, spec: BuilderSpec,
+                                                                 repo: Path, tmp_path: Path) -> None:
+    """ci.sh killed with SIGKILL (137): out of memory or a stop from outside; only the stopped container can say which,
+    so that end is not taken from the sealed line."""
+    mirror = tmp_path / "mirror.git"
+    made = _with_script(repo, spec, "kill -KILL $$\n")
+    subprocess.run(["git", "-C", str(mirror), "fetch", "--quiet", str(repo), "+refs/heads/*:refs/heads/*"], check=True)
+    docker_builder.prepare(made)
+    _log_has(docker_builder, made.name, "ready: ci.sh starts")
+    assert docker_builder.start(made.model_copy(update={"first_try": True})) is True
+    code, log = _until_ended(docker_builder, made.name)
+    assert code == 137, log
+    assert docker_builder.state(made.name).reason == "the builder was stopped with SIGKILL from outside katkit (exit 137)"
+    assert docker_builder.api.inspect_container(made.name)["State"]["Status"] == "exited"
+
+
+def test_docker_log_followers_closed_as_their_stream_ends_leave_the_engine_client_sound(
+        docker_builder: DockerBuilder, spec: BuilderSpec) -> None:
+    """A follower closed while the engine ends its stream (the container has just stopped: the reader is replaced or
+    the builder removed). docker-py's own close shuts the socket, but the reader may still finish the response from
+    its buffer and urllib3 then puts the connection, with its closed socket, back in the pool: the next request taking
+    it failed with 'file descriptor cannot be a negative integer (-1)'."""
+    from katkit.builders.docker import _LogFollower
+
+    api = docker_builder.api
+    container = api.create_container(spec.image or docker_builder.config.image, name=spec.name, detach=True,
+                                     entrypoint=["sh", "-c", "for i in $(seq 20); do echo line $i; done"],
+                                     labels={"katkit.builder": "1"})
+    api.start(container)
+    api.wait(container)
+    for i in range(300):  # the reader and the close race: many tries, at several offsets in time
+        follower = _LogFollower(api, container["Id"], 0, follow=True)
+        time.sleep(0.0005 * (i % 7))
+        follower.close()
+        assert follower.done.wait(5)
+        for _ in range(3):  # the pool is last in, first out: the connection just given back is taken first
+            assert api.inspect_container(container["Id"])["State"]["Status"] == "exited"

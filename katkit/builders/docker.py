@@ -12,11 +12,12 @@ import functools
 import json
 import os
 import queue
+import secrets
 import threading
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from katkit.agent import GO_LINE, NOT_STARTED, READY_LINE, SCRIPT_EXITED
+from katkit.agent import DONE, GO_LINE, NOT_STARTED, READY_LINE, SCRIPT_EXITED
 from katkit.builders import PREPARED_LABEL, BuilderSpec, BuilderState, cache_volume
 from katkit.config import DockerConfig, TenantConfig
 from katkit.errors import BadInput, InfraError, KatkitError
@@ -63,11 +64,15 @@ def engine_errors(fn: Callable[Concatenate[E, P], R]) -> Callable[Concatenate[E,
 class _LogFollower:
     """Follows one container's log in a thread; hands out bytes in order, at most QUEUE_CHUNKS ahead."""
 
-    def __init__(self, api: Any, container: str, position: int, follow: bool = True) -> None:
+    def __init__(self, api: Any, container: str, position: int, follow: bool = True, seal: str | None = None) -> None:
         self.position = position
         self.follows = follow
         self.ending = 0  # >0: the agent's line after ci.sh has come (the container exits soon); exit polls since
         self.kept = b""  # the last bytes handed out: a reader that held some back reads them again (``rewind``)
+        # the agent's last line, "[katkit-agent] done SEAL CODE", when this worker told it to start with SEAL: the
+        # shard's end, its exit code, read without waiting for the container to stop; never handed out
+        self._seal = f"[katkit-agent] {DONE} {seal} ".encode() if seal else None
+        self.sealed: int | None = None
         self._queue: queue.Queue[bytes] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._leftover = b""
         self.ready = threading.Event()
@@ -78,6 +83,7 @@ class _LogFollower:
         self._thread.start()
 
     def _run(self, skip: int) -> None:
+        held = b""  # the end of the last chunk that may begin the agent's sealed last line
         try:
             for chunk in self._stream:
                 if skip:
@@ -85,15 +91,48 @@ class _LogFollower:
                         skip -= len(chunk)
                         continue
                     chunk, skip = chunk[skip:], 0
-                if ENDING in chunk:
-                    self.ending = max(self.ending, 1)
-                self._queue.put(chunk)
-                self.ready.set()
+                if self._seal is not None:
+                    chunk, held, last = self._unseal(held + chunk)
+                    if last:
+                        self._hand(chunk)
+                        break
+                self._hand(chunk)
+            else:
+                self._hand(held)  # it was no sealed line after all
         except Exception as exc:  # noqa: BLE001 - reported by read(); a closed stream ends here too
             self.error = exc
         finally:
+            if self.sealed is not None:
+                self.close()
             self.done.set()
             self.ready.set()
+
+    def _hand(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        if ENDING in chunk:
+            self.ending = max(self.ending, 1)
+        self._queue.put(chunk)
+        self.ready.set()
+
+    def _unseal(self, data: bytes) -> tuple[bytes, bytes, bool]:
+        """(what to hand out, what to hold back, whether the sealed last line has come: ``sealed`` is its code)."""
+        assert self._seal is not None
+        at = data.find(self._seal)
+        if at >= 0:
+            end = data.find(b"\n", at)
+            if end < 0:
+                return data[:at], data[at:], False
+            try:
+                self.sealed = int(data[at + len(self._seal):end])
+            except ValueError:  # not the agent's (it writes a number): handed out as it is
+                rest, held, last = self._unseal(data[end + 1:])
+                return data[:end + 1] + rest, held, last
+            return data[:at], b"", True
+        for k in range(min(len(self._seal) - 1, len(data)), 0, -1):
+            if data.endswith(self._seal[:k]):
+                return data[:-k], data[-k:], False
+        return data, b"", False
 
     def read(self, limit: int) -> bytes:
         parts, size = [self._leftover], len(self._leftover)
@@ -133,10 +172,49 @@ class _LogFollower:
         return self._queue.empty() and not self._leftover
 
     def close(self) -> None:
+        hang_up(getattr(self._stream, "_response", None))
+
+
+def hang_up(response: Any) -> None:
+    """End a streamed (or hijacked) response of the engine for good: its socket shut, so a thread blocked reading it
+    wakes, and its connection closed. Not docker-py's own ``close``: it closes the socket but leaves it on the
+    connection, which urllib3 puts back in the pool when the woken reader sees the end; the next request taking it
+    fails with 'file descriptor cannot be a negative integer'. A response whose connection went back to the pool
+    (read to its end) is left alone: that connection may serve another request now."""
+    import socket
+
+    conn = getattr(getattr(response, "raw", None), "connection", None)
+    sock = getattr(conn, "sock", None)
+    if conn is None or sock is None:
+        return
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    try:
+        conn.close()  # its socket closed and dropped: put back in the pool, it connects anew
+    except Exception:  # noqa: BLE001 - closing what the engine closed already
+        pass
+
+
+class _ExitWatch:
+    """Waits on the engine for one container to stop (``docker wait``) in a thread, so a running builder's state needs
+    no polling. ``exited`` is set once it stopped, was removed, or the wait failed: then its state is inspected."""
+
+    def __init__(self, api: Any, container: str, wake: Callable[[], None]) -> None:
+        self.exited = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(api, container, wake), daemon=True,
+                                        name=f"exit-{container}")
+        self._thread.start()
+
+    def _run(self, api: Any, container: str, wake: Callable[[], None]) -> None:
         try:
-            self._stream.close()
-        except Exception:  # noqa: BLE001 - closing a finished stream
+            api.wait(container, timeout=None)  # no read timeout: as long as the builder runs
+        except Exception:  # noqa: BLE001 - removed, the engine gone: the state is inspected, as always
             pass
+        finally:
+            self.exited.set()
+            wake()
 
 
 class EngineUser:
@@ -161,6 +239,8 @@ class DockerBuilder(EngineUser):
         self.config = config
         self.tenant = tenant
         self._followers: dict[str, _LogFollower] = {}
+        self._watches: dict[str, _ExitWatch] = {}
+        self._seals: dict[str, str] = {}  # builder -> the seal this worker told it to start with (its last line's)
         self._lock = threading.Lock()
 
     @classmethod
@@ -273,14 +353,21 @@ class DockerBuilder(EngineUser):
             return False if told else None
         if not spec.first_try and self._was_told(info["Id"]) is not False:
             return False  # told by an earlier attempt (or the log cannot say: never risk a second ci.sh)
+        seal = secrets.token_hex(8)  # the agent ends its log with it; ci.sh never sees it (``_LogFollower``)
+        with self._lock:
+            self._seals[spec.name] = seal
+            unsealed = self._followers.pop(spec.name, None)  # a reader from before: the next one looks for the seal
+        if unsealed is not None:
+            unsealed.close()
         sock = self.api.attach_socket(info["Id"], params={"stdin": 1, "stream": 1})
         raw = getattr(sock, "_sock", sock)
         try:
-            raw.sendall(json.dumps({"env": spec.env}).encode() + b"\n")
+            raw.sendall(json.dumps({"env": spec.env, "seal": seal}).encode() + b"\n")
         except OSError as exc:
             raise InfraError(f"could not tell builder {spec.name} to start: {exc}") from exc
         finally:
-            raw.close()  # the hijacked connection: closed now, not when the garbage collector gets to it
+            hang_up(getattr(sock, "_response", None))  # the hijacked connection: closed now, never pooled
+            raw.close()
             sock.close()
         return True
 
@@ -311,6 +398,8 @@ class DockerBuilder(EngineUser):
 
         with self._lock:  # a follower of a container of that name before this one reads another log
             old = self._followers.pop(spec.name, None)
+            self._watches.pop(spec.name, None)
+            self._seals.pop(spec.name, None)
         if old is not None:
             old.close()
         image = spec.image or self.config.image  # checked by the run's checkout; create says so if it vanished since
@@ -349,10 +438,29 @@ class DockerBuilder(EngineUser):
             raise
         return str(created["Id"])
 
+    def _watch(self, name: str) -> _ExitWatch:
+        with self._lock:
+            watch = self._watches.get(name)
+            if watch is None:
+                watch = self._watches[name] = _ExitWatch(self.api, name, lambda: self._wake(name))
+        return watch
+
+    def _wake(self, name: str) -> None:
+        follower = self._followers.get(name)
+        if follower is not None:
+            follower.ready.set()
+
     @engine_errors
     def state(self, name: str) -> BuilderState:
         import docker.errors
 
+        follower = self._followers.get(name)
+        if follower is not None and follower.sealed is not None and follower.sealed not in (137, 143):
+            if follower.drained:  # its agent's sealed last line, all before it read: the container stops now
+                return self._ended(name, follower.sealed, {})
+            return BuilderState(running=True)  # what came before that line is read first
+        if not self._watch(name).exited.is_set():
+            return BuilderState(running=True)  # the engine has not said it stopped: no need to ask
         try:
             st = self.api.inspect_container(name)["State"]
         except docker.errors.NotFound:
@@ -362,7 +470,11 @@ class DockerBuilder(EngineUser):
             if st["Status"] not in _RUNNING and follower is not None:
                 self._read_to_the_end(name, follower)
             return BuilderState(running=True)  # an exited builder is done once its log has been read to the end
-        code = int(st.get("ExitCode", -1))
+        return self._ended(name, int(st.get("ExitCode", -1)), st)
+
+    def _ended(self, name: str, code: int, st: dict[str, Any]) -> BuilderState:
+        """A builder that ended with ``code`` (``st``: its container's state, if it stopped; a SIGKILL or SIGTERM
+        is always told from that: an out-of-memory kill, or a stop from outside katkit)."""
         if st.get("OOMKilled"):
             return BuilderState(running=False, exit_code=code if code else 137,
                                 reason=f"the builder was killed for running out of memory (limit {self.config.memory or 'none'})")
@@ -385,7 +497,7 @@ class DockerBuilder(EngineUser):
                       and follower.position < REREAD_LIMIT):
             with self._lock:
                 if self._followers.get(name) is follower:
-                    again = _LogFollower(self.api, name, follower.position, follow=False)
+                    again = _LogFollower(self.api, name, follower.position, follow=False, seal=self._seals.get(name))
                     again.kept = follower.kept
                     self._followers[name] = again
                     follower.close()
@@ -397,7 +509,8 @@ class DockerBuilder(EngineUser):
                 return follower
             if follower is not None:
                 follower.close()
-            follower = self._followers[name] = _LogFollower(self.api, name, offset, follow=follower is None or follower.follows)
+            follower = self._followers[name] = _LogFollower(self.api, name, offset, follow=follower is None or follower.follows,
+                                                            seal=self._seals.get(name))
         follower.ready.wait(NEW_READER_WAIT_S)  # what the engine has already: a reader at the end reads all of it
         return follower
 
@@ -412,12 +525,14 @@ class DockerBuilder(EngineUser):
 
     def wait(self, name: str, timeout: float) -> None:
         follower = self._followers.get(name)
+        watch = self._watches.get(name)
+        watching = watch is not None and not watch.exited.is_set()  # it wakes the follower's waiters at the exit
         if follower is None:
-            threading.Event().wait(timeout)
+            (watch.exited if watch is not None and watching else threading.Event()).wait(timeout)
             return
         # after ci.sh's end the exit is looked for every few ms, then less often (the agent may be saving a cache):
         # the engine ends a follow only tens of ms after the exit
-        if follower.ending:
+        if follower.ending and not watching:
             timeout = min(timeout, ENDING_POLL_S * (1 << min(follower.ending - 1, 10)))
             follower.ending += 1
         follower.ready.wait(timeout)
@@ -431,6 +546,8 @@ class DockerBuilder(EngineUser):
 
         with self._lock:
             follower = self._followers.pop(name, None)
+            self._watches.pop(name, None)  # its wait ends with the container
+            self._seals.pop(name, None)
         if follower is not None:
             follower.close()
         try:

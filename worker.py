@@ -38,9 +38,11 @@ class KatkitWorker:
     activities that touch this host's builders, so a shard's retries come back here and re-attach) and its ping
     queue (answered at once while the host lives, however busy: how a run tells a busy host from a gone one)."""
 
-    def __init__(self, *workers: Worker, on_start: Callable[[], Awaitable[object]] | None = None) -> None:
+    def __init__(self, *workers: Worker, on_start: Callable[[], Awaitable[object]] | None = None,
+                 on_stop: Callable[[], None] = lambda: None) -> None:
         self.workers = workers
         self._on_start = on_start
+        self._on_stop = on_stop  # once its workers have stopped (the preparer drops what it has not begun)
         self._started: asyncio.Future[object] | None = None
 
     def _start_background(self) -> None:
@@ -59,6 +61,7 @@ class KatkitWorker:
                 if not run.done():
                     await w.shutdown()
             results = await asyncio.gather(*runs, return_exceptions=True)
+            self._on_stop()
         for result in results:
             if isinstance(result, BaseException):
                 raise result
@@ -74,6 +77,7 @@ class KatkitWorker:
         if self._started is not None and not self._started.done():
             self._started.cancel()
         await asyncio.gather(*(w.__aexit__(exc_type, exc, tb) for w in self.workers))
+        self._on_stop()
 
 
 def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecutor) -> KatkitWorker:
@@ -113,7 +117,8 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
                   max_concurrent_activities=host_slots, **common)
     ping = Worker(client, task_queue=ping_queue(settings.host_queue), activities=[ping_host],
                   max_concurrent_activities=8, identity=worker_identity(settings))
-    return KatkitWorker(shared, host, ping, on_start=lambda: offer_old_histories(client, settings))
+    return KatkitWorker(shared, host, ping, on_start=lambda: offer_old_histories(client, settings),
+                        on_stop=shards.preparer.close)
 
 
 async def offer_old_histories(client: Client, settings: Settings) -> int:

@@ -7,6 +7,7 @@ owns its builder and re-attach to it.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -24,9 +25,18 @@ from katkit.builders import Builder, BuilderSpec, builder_for, builder_name, cac
 from katkit.config import LinkConfig, TenantConfig
 from katkit.gitrepo import RepoMirror, is_remote, normalize_url
 from katkit.logstore import LogStore, tail
-from katkit.models import CheckoutInput, PrepareResult, RemoveBuilderInput, RunPlan, ShardInput, ShardResult
+from katkit.models import (
+    CheckoutInput,
+    PrepareAhead,
+    PrepareResult,
+    RemoveBuilderInput,
+    RunPlan,
+    ShardInput,
+    ShardResult,
+)
 from katkit.names import log_key
 from katkit.plan import check_run, read_plan
+from katkit.preparer import Preparer
 from katkit.secrets import Masker, resolve
 
 LOG_CHUNK = 1 << 20
@@ -152,6 +162,7 @@ class ShardActivities:
         self.host_queue = host_queue
         self._shas: OrderedDict[str, None] = OrderedDict()  # url@sha this host's mirror holds (``_have_sha``)
         self._shas_lock = threading.Lock()
+        self.preparer = Preparer()  # the builders of the phases ahead, made ready in the background (pipelining)
 
     def _token(self, link: LinkConfig) -> str | None:
         return link.github_token(self._github_token)
@@ -166,6 +177,15 @@ class ShardActivities:
         else:
             tenant = inp.tenant
             plan = check_run(self.mirror, inp.link, tenant, inp.sha, token, lambda: self._builders(tenant))
+            first = plan.first_prepared(inp.prepare_ahead)
+            info, now = activity.info(), datetime.now(timezone.utc)
+            if first and info.workflow_id and info.workflow_run_id:  # the run's first phases: their builders get
+                # ready while the workflow reads the plan
+                self._prepare_ahead(
+                    [PrepareAhead(phase=p, deadline=now + tenant.phase_timeout * (k + 1)) for k, p in enumerate(first)],
+                    ShardInput(run_id=info.workflow_id, attempt_key=info.workflow_run_id, tenant=tenant, link=inp.link,
+                               sha=plan.sha, phase=first[0], shard_index=0, local_fleet=plan.local_fleet, deadline=now,
+                               untrusted=inp.untrusted, ref=inp.ref))
         plan.host_queue = self.host_queue  # the run's shards go to this host, which has just fetched the sha
         return plan
 
@@ -185,13 +205,20 @@ class ShardActivities:
         result.summary = f"{inp.phase.name} shard {inp.shard_index + 1}/{inp.phase.parallelism}: {ending}"
         return result
 
-    def _spec(self, inp: ShardInput, name: str, env: dict[str, str]) -> BuilderSpec:
+    @staticmethod
+    def _where() -> tuple[str, str]:
+        """The namespace and the installation's task queue of the calling activity (a builder's labels: the reaper
+        asks that namespace about the builder's run). Taken in the activity's thread, for the preparer's too."""
+        info = activity.info()
+        return info.workflow_namespace or "", installation_queue(info.task_queue)
+
+    def _spec(self, inp: ShardInput, name: str, env: dict[str, str], where: tuple[str, str] | None = None) -> BuilderSpec:
+        namespace, queue = where or self._where()
         return BuilderSpec(
             name=name,
             labels={"katkit.run": inp.run_id, "katkit.tenant": inp.tenant.name, "katkit.repo": inp.link.repo,
                     "katkit.sha": inp.sha, "katkit.phase": inp.phase.name, "katkit.shard": str(inp.shard_index),
-                    "katkit.execution": inp.attempt_key, "katkit.namespace": activity.info().workflow_namespace or "",
-                    "katkit.task_queue": installation_queue(activity.info().task_queue),
+                    "katkit.execution": inp.attempt_key, "katkit.namespace": namespace, "katkit.task_queue": queue,
                     "katkit.generation": str(inp.generation)},
             repo_url=normalize_url(inp.link.url), sha=inp.sha, folder=inp.link.folder,
             env=env, image=inp.phase.image, local_fleet=inp.local_fleet,
@@ -210,10 +237,16 @@ class ShardActivities:
         travel with the word to start (``run_shard``). A builder that cannot be prepared is no failure: ``run_shard``
         then makes it as it always did."""
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
+        self._prepare(inp, self._where())
+        return PrepareResult(builder=name)
+
+    def _prepare(self, inp: ShardInput, where: tuple[str, str]) -> None:
+        """Make one shard's builder ready (``prepare_builder``, or the preparer in the background)."""
+        name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         key = log_key(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
         if self.log_store.is_finished(key):
-            return PrepareResult(builder=name)  # a prepare that came late: its shard has ended, its builder is gone
-        spec = self._spec(inp, name, contract_env(inp))
+            return  # a prepare that came late: its shard has ended, its builder is gone
+        spec = self._spec(inp, name, contract_env(inp), where)
         # it waits until its phase's shards would have timed out, and for outages of the worker or the server
         waits = (inp.deadline - datetime.now(timezone.utc)).total_seconds() + READY_GRACE_S
         spec.ready_for_s = max(waits, READY_GRACE_S)
@@ -222,7 +255,16 @@ class ShardActivities:
         builder.prepare(spec)
         if self.log_store.is_finished(key):  # it ended meanwhile (a shard records its end before it removes its
             builder.remove(name)             # builder): this builder was made after that removal
-        return PrepareResult(builder=name)
+
+    def _prepare_ahead(self, ahead: list[PrepareAhead], like: ShardInput) -> None:
+        """Hand the builders of ``ahead`` (phases after ``like``'s, of the same run) to the preparer."""
+        where = self._where()
+        for item in ahead:
+            for i in range(item.phase.parallelism):
+                inp = like.model_copy(update={"phase": item.phase, "shard_index": i, "deadline": item.deadline,
+                                              "generation": 0, "log_note": "", "prepare": []})
+                self.preparer.submit(builder_name(inp.run_id, inp.attempt_key, item.phase.name, i),
+                                     functools.partial(self._prepare, inp, where))
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
@@ -235,6 +277,7 @@ class ShardActivities:
         attempt = activity.info().attempt
         _log_writers.claim(key, attempt)  # this attempt writes the log now; an older one still running stops writing
         recorded = self.log_store.outcome(key)
+        self.preparer.settle(name, progress=activity.heartbeat)  # handed to this host's preparer: dropped or done
         if recorded:  # an earlier attempt saw the shard end; only its completion was lost (a server outage)
             log.info("shard already finished", builder=name)
             builder.remove(name, progress=activity.heartbeat)
@@ -246,6 +289,8 @@ class ShardActivities:
             self._have_sha(inp)
             fresh = builder.start(spec)
             log.info("builder started" if fresh else "builder re-attached", builder=name)
+            if inp.prepare:  # ci.sh runs: the phases ahead get their builders ready meanwhile
+                self._prepare_ahead(inp.prepare, inp)
             # the log continues from what this builder produced, as the last attempt reported it, never from the
             # store's size (which may hold what another builder or a note wrote)
             note = f"[katkit] {inp.log_note}\n".encode() if inp.log_note else b""
@@ -358,4 +403,5 @@ class ShardActivities:
     @activity.defn(name="remove_builder")
     @translate_errors
     def remove_builder(self, inp: RemoveBuilderInput) -> None:
+        self.preparer.settle(inp.builder, timeout=60.0)  # one still being prepared here is removed once it is made
         self._builders(inp.tenant).remove(inp.builder)

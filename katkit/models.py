@@ -68,6 +68,16 @@ class RunPlan(Model):
     service: ServiceDescription | None = None
     host_queue: str | None = Field(None, description="the task queue of the worker host that read the plan")
 
+    def first_prepared(self, depth: int) -> list[Phase]:
+        """The execution phases the run starts with, at most ``depth``, up to its first deployment phase: those whose
+        builders the checkout's host prepares once it has read the plan (``CheckoutInput.prepare_ahead``)."""
+        first = []
+        for phase in self.phases[:max(depth, 0)]:
+            if phase.type != PhaseType.EXECUTION:
+                break
+            first.append(phase)
+        return first
+
 
 class CommitRunInput(Model):
     """Start one commit of one link in one tenant. Config is resolved by the starter, so a run is self-contained."""
@@ -101,6 +111,18 @@ class CheckoutInput(Model):
     env: str
     sha: str
     tenant: TenantConfig | None = Field(None, description="when given, the tenant's builder images are checked too")
+    prepare_ahead: int = Field(0, description="how many of the plan's first execution phases this host prepares the "
+                                              "builders of once it has read the plan (``first_prepared``)")
+    untrusted: bool = Field(False, description="a fork's pull request (as ShardInput.untrusted), for those builders")
+    ref: str = Field("", description="as ShardInput.ref, for those builders")
+
+
+class PrepareAhead(Model):
+    """A phase whose builders the host prepares while a shard of the phase before runs (pipelining)."""
+
+    phase: Phase
+    deadline: datetime = Field(description="when the phase before it would have timed out: its builders wait that "
+                                           "long (and a grace) to be told to start")
 
 
 class ShardInput(Model):
@@ -118,6 +140,8 @@ class ShardInput(Model):
     untrusted: bool = Field(False, description="a fork's pull request: no secrets, no GitHub token (unless the tenant "
                                                "opts in)")
     ref: str = Field("", description="what the run was started from ('branch B', 'pr N', 'sha S'): the cache's branch")
+    prepare: list[PrepareAhead] = Field(default_factory=list, description="phases ahead whose builders this shard's "
+                                        "host prepares once this shard's ci.sh has started")
 
 
 class PrepareResult(Model):

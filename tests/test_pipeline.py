@@ -113,8 +113,19 @@ async def test_the_next_phase_is_prepared_while_one_runs_and_only_starts_ci_sh(k
     assert "secret none" in b
     c = await _log(ks, handle.run_id, "C")
     assert "[katkit-agent] told to start" in c, c
+    a_told = a.index("[katkit-agent] told to start")  # A's builder too: the checkout's host prepared it
+    assert a.index("[katkit-agent] ready: ci.sh starts") < a_told < a.index("[katkit-agent] running ci.sh"), a
     assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
-    await _replays(ks, handle.run_id, "pipeline2_three_phases.json")
+    history = await ks.client.get_workflow_handle(handle.run_id).fetch_history()
+    scheduled = [e.activity_task_scheduled_event_attributes for e in history.events
+                 if e.HasField("activity_task_scheduled_event_attributes")]
+    assert "prepare_builder" not in {a.activity_type.name for a in scheduled}  # no activity per prepared builder
+    [checkout] = [a for a in scheduled if a.activity_type.name == "checkout"]
+    assert json.loads(checkout.input.payloads[0].data)["prepare_ahead"] == 2  # A and B, from the checkout's host
+    handed = [[p["phase"]["name"] for p in json.loads(a.input.payloads[0].data)["prepare"]]
+              for a in scheduled if a.activity_type.name == "run_shard"]
+    assert handed == [["C"], [], [], []], handed  # A's shard hands C over; B's two and C's shard have none left
+    await _replays(ks, handle.run_id, "pipeline3_three_phases.json")
 
 
 @pytest.mark.usefixtures("worker")
@@ -136,7 +147,7 @@ async def test_prepared_builders_hold_no_secret_and_go_when_the_phase_before_fai
     run_id, st = await _failed_run(ks, repo, "fail_a", "phase A failed")
     assert "B prepared: 2" in await _log(ks, run_id, "A")
     assert [p.state for p in st.phases] == ["failed", "skipped", "skipped"], st.phases
-    await _replays(ks, run_id, "pipeline2_phase_before_failed.json")
+    await _replays(ks, run_id, "pipeline3_phase_before_failed.json")
 
 
 @pytest.mark.usefixtures("worker")
@@ -144,7 +155,7 @@ async def test_a_prepared_phase_that_fails_fast_leaves_no_builder(ks: Katkit, re
     run_id, st = await _failed_run(ks, repo, "fail_b", "phase B failed: shard 1/2")
     assert [p.state for p in st.phases] == ["succeeded", "failed", "skipped"], st.phases
     assert [s.state for s in st.phases[1].shards] == ["failed", "cancelled"]
-    await _replays(ks, run_id, "pipeline2_prepared_phase_failed_fast.json")
+    await _replays(ks, run_id, "pipeline3_prepared_phase_failed_fast.json")
 
 
 @pytest.mark.usefixtures("worker")
@@ -180,7 +191,7 @@ async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, sett
         await asyncio.sleep(0.5)
     builder = LocalBuilder(settings.home / "builders")
     prepared = [n for n, labels in builder.list().items() if labels.get("katkit.prepared") == "1"]
-    assert len(prepared) == 3  # B's two shards and C's one (prepare_ahead: 2)
+    assert len(prepared) == 4  # A's (prepared by the checkout's host), B's two shards and C's one (prepare_ahead: 2)
     removed = await reap_once(client, [builder], settings.task_queue)
     assert set(prepared) <= set(removed) and not [n for n in builder.list() if n in prepared]
     await wait_for(lambda: not [p for p in processes_in(settings.home / "builders")

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PhaseState,
         PhaseType,
+        PrepareAhead,
         RunPlan,
         RetrySpec,
         RunStatus,
@@ -51,6 +52,7 @@ GITHUB_PATCH = "katkit-github-1"  # statuses and deployments on GitHub links
 HOSTS_PATCH = "katkit-hosts-1"  # shards go to the worker host that owns their builder
 PIPELINE_PATCH = "katkit-pipeline-1"  # the next execution phase's builders are prepared while a phase runs
 PREPARE_AHEAD_PATCH = "katkit-prepare-ahead-1"  # ...and those of the tenant's prepare_ahead phases after it
+PREPARE_INLINE_PATCH = "katkit-prepare-inline-1"  # ...by the host's preparer, handed over by the checkout and shards
 RETRY_PATCH = "katkit-retry-1"  # katkit retry: the earlier attempt's succeeded phases are reused
 ROLLBACK_PHASE = Phase(name="ROLLBACK", type=PhaseType.DEPLOYMENT, order=1)
 
@@ -87,10 +89,15 @@ class CommitRun(DeploymentSteps):
         self._webhooks = WebhookNotifier(inp.tenant.webhooks, self._status, enabled=self._gates_patch)
         self._github.enabled = bool(inp.link and inp.link.github) and workflow.patched(GITHUB_PATCH) and bool(inp.sha)
         self._shards.by_host = inp.tenant.builders_need_their_host and workflow.patched(HOSTS_PATCH)
+        inline = workflow.patched(PREPARE_INLINE_PATCH)  # no prepare_builder activities: the host's preparer
         try:
             self._visibility.set(status=State.RUNNING, phase="checkout" if inp.rollback is None else ROLLBACK_PHASE.name)
-            plan = await self._plan(inp)
+            # the checkout's host prepares the first phases' builders (a retry's first phases may be reused: none)
+            first = inp.tenant.prepare_ahead if inline and self._shards.by_host and inp.retry is None else 0
+            plan = await self._plan(inp, prepare_ahead=first)
             self._shards.host = plan.host_queue if self._shards.by_host else None
+            for phase in plan.first_prepared(first) if inp.rollback is None else []:
+                self._shards.mark_prepared(phase)
             self._status.phases = [
                 PhaseState(name=p.name, type=p.type, order=p.order, parallelism=p.parallelism,
                            shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
@@ -108,14 +115,18 @@ class CommitRun(DeploymentSteps):
                     if phase.type == PhaseType.EXECUTION:
                         following = plan.phases[index + 1] if index + 1 < len(plan.phases) else None
                         prepare: Callable[[], None] | None = None  # the builders made ready while this phase runs
+                        ahead: list[PrepareAhead] = []  # ...by the host of its first shard (PREPARE_INLINE_PATCH)
                         if following is not None and following.type == PhaseType.EXECUTION and \
                                 not self._status.phases[index + 1].reused_from and workflow.patched(PIPELINE_PATCH):
-                            prepare = functools.partial(self._prepare_ahead, self._ahead(index, plan), plan)
-                            if not workflow.patched(PREPARE_AHEAD_PATCH):  # recorded before: prepares went first
-                                prepare()
-                                prepare = None
+                            if inline:
+                                ahead = self._hand_over(self._ahead(index, plan))
+                            else:
+                                prepare = functools.partial(self._prepare_ahead, self._ahead(index, plan), plan)
+                                if not workflow.patched(PREPARE_AHEAD_PATCH):  # recorded before: prepares went first
+                                    prepare()
+                                    prepare = None
                         try:
-                            await self._execute(phase, state, plan, then=prepare)
+                            await self._execute(phase, state, plan, then=prepare, ahead=ahead)
                         except RunFailure as exc:
                             if self._rolls_back_after(exc):  # a phase after the deploy failed: the previous image goes back
                                 raise RunFailure(await self._auto_rollback(state, str(exc))) from None
@@ -172,6 +183,14 @@ class CommitRun(DeploymentSteps):
         for ahead, phase in phases:
             self._shards.prepare(phase, plan, ahead=ahead)
 
+    def _hand_over(self, phases: list[tuple[int, Phase]]) -> list[PrepareAhead]:
+        """The phases ahead whose builders the first shard's host prepares (no activity of their own); each waits
+        until the phases before it would have timed out."""
+        for _, phase in phases:
+            self._shards.mark_prepared(phase)
+        return [PrepareAhead(phase=phase, deadline=workflow.now() + self._inp.tenant.phase_timeout * ahead)
+                for ahead, phase in phases]
+
     def _reuse(self, retry: RetrySpec) -> None:
         """A retry: the earlier attempt's succeeded execution phases before ``retry.from_phase`` are taken as they
         ended (state, shards, log keys: their logs stay reachable), never run again; a deployment phase always runs."""
@@ -187,23 +206,25 @@ class CommitRun(DeploymentSteps):
                 "reused_from": old.reused_from or retry.from_attempt, "order": state.order,
                 "message": f"reused from attempt {old.reused_from or retry.from_attempt}"})
 
-    async def _plan(self, inp: CommitRunInput) -> RunPlan:
+    async def _plan(self, inp: CommitRunInput, prepare_ahead: int = 0) -> RunPlan:
         """The checkout's plan; a rollback's is its one deployment phase (nothing to read from a repository)."""
         if inp.rollback is not None:
             return RunPlan(sha=inp.rollback.sha or inp.sha, env_entry="rollback", phases=[ROLLBACK_PHASE])
         assert inp.link is not None, "a run of a commit has a link"
         return await workflow.execute_activity_method(
-            ShardActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha, tenant=inp.tenant),
+            ShardActivities.checkout, CheckoutInput(link=inp.link, env=inp.tenant.env, sha=inp.sha, tenant=inp.tenant,
+                                                    prepare_ahead=prepare_ahead, untrusted=inp.untrusted, ref=inp.ref),
             start_to_close_timeout=CHECKOUT_TIMEOUT, retry_policy=INFRA_RETRY,
             summary=f"checkout {inp.repo}@{inp.sha[:12]}",
         )
 
-    async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None) -> None:
+    async def _execute(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None,
+                       ahead: list[PrepareAhead] | None = None) -> None:
         """Run an execution phase's shards; ``then``, right after they are started (prepares of phases ahead: a
         worker host takes the shards first)."""
         self._start_phase(state, State.RUNNING)
         try:
-            failure = await self._shards.run(phase, state, plan, then=then)
+            failure = await self._shards.run(phase, state, plan, then=then, ahead=ahead)
         except (asyncio.CancelledError, CancelledError):
             self._end_phase(state, State.CANCELLED)
             raise

@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PhaseState,
         PickHostInput,
+        PrepareAhead,
         PrepareResult,
         RemoveBuilderInput,
         RunPlan,
@@ -58,12 +59,18 @@ class ShardRunner:
         self.on_change = on_change  # a shard started, ended or moved: the run's page shows it
         self.host: str | None = None
         self._cleanup_later: list[tuple[str, str]] = []  # (builder, its host's queue) whose activity gave up
-        self._prepared: dict[str, list[tuple[asyncio.Future[PrepareResult], str, str]]] = {}  # phase -> (prepare, builder, host)
+        self._prepared: dict[str, list[tuple[asyncio.Future[PrepareResult] | None, str, str]]] = {}  # phase -> (prepare, builder, host)
         self.remove_unstarted = False  # a prepared phase's shards cancelled before they started: remove their builders
 
     # -- pipelining: the next phase's builders are made ready while this one runs ----------------------------
     def is_prepared(self, phase: str) -> bool:
         return phase in self._prepared
+
+    def mark_prepared(self, phase: Phase) -> None:
+        """``phase``'s builders are handed to the host's preparer by an activity (the checkout, or a shard of the
+        phase before: ``PrepareAhead``), not by activities of their own: its shards settle them on the host."""
+        self._prepared[phase.name] = [(None, builder_name(self.run_id, workflow.info().run_id, phase.name, i),
+                                       self.host or "") for i in range(phase.parallelism)]
 
     def prepare(self, phase: Phase, plan: RunPlan, ahead: int = 1) -> None:
         """Start preparing ``phase``'s builders (``ahead`` phases after the one that runs now): started and checked
@@ -72,7 +79,7 @@ class ShardRunner:
         link = self.inp.link
         assert link is not None, "a run with execution phases has a link (a rollback has none)"
         host = self.host or ""
-        prepared: list[tuple[asyncio.Future[PrepareResult], str, str]] = []
+        prepared: list[tuple[asyncio.Future[PrepareResult] | None, str, str]] = []
         for i in range(phase.parallelism):
             inp = ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant, link=link,
                              sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
@@ -87,11 +94,11 @@ class ShardRunner:
         self._prepared[phase.name] = prepared
 
     @staticmethod
-    async def _settle(prepared: list[tuple[asyncio.Future[PrepareResult], str, str]], *, cancelling: bool = False) -> None:
+    async def _settle(prepared: list[tuple[asyncio.Future[PrepareResult] | None, str, str]], *, cancelling: bool = False) -> None:
         """Wait for prepares to end (a cancelled one waits until its activity has ended: a builder made after its
         removal would be left). ``cancelling``: the run is being cancelled or has failed, nothing here may stop it."""
         for task, name, _ in prepared:
-            if task.done() and (task.cancelled() or task.exception() is None):
+            if task is None or (task.done() and (task.cancelled() or task.exception() is None)):
                 continue
             try:
                 await task
@@ -112,10 +119,11 @@ class ShardRunner:
             if isinstance(outcome, BaseException):
                 workflow.logger.warning("prepared builder %s left to its host's reaper: %s", name, outcome)
 
-    async def run(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None = None) -> str:
+    async def run(self, phase: Phase, state: PhaseState, plan: RunPlan, then: Callable[[], None] | None = None,
+                  ahead: list[PrepareAhead] | None = None) -> str:
         """Run the phase's shards; return why the phase failed ('' when every shard succeeded). A cancel, or an
         error of the workflow's own, stops every sibling shard first and is raised. ``then`` is called once the
-        shards' activities are scheduled."""
+        shards' activities are scheduled; ``ahead``: the phases whose builders the first shard's host prepares."""
         prepared = self._prepared.get(phase.name, [])
         await self._settle(prepared)  # its builders were prepared while the phases before ran
         self._prepared.pop(phase.name, None)  # from now on its shards own them (each removes its builder)
@@ -123,7 +131,7 @@ class ShardRunner:
         link = self.inp.link
         assert link is not None, "a run with execution phases has a link (a rollback has none)"
 
-        def start(i: int, note: str = "") -> asyncio.Future[ShardResult]:
+        def start(i: int, note: str = "", prepare: list[PrepareAhead] | None = None) -> asyncio.Future[ShardResult]:
             shard = state.shards[i]
             shard.host = shard.host or self.host or ""
             return asyncio.ensure_future(workflow.execute_activity_method(
@@ -131,7 +139,7 @@ class ShardRunner:
                 ShardInput(run_id=self.run_id, attempt_key=workflow.info().run_id, tenant=self.tenant,
                            link=link, sha=plan.sha, phase=phase, shard_index=i, local_fleet=plan.local_fleet,
                            deadline=deadline, generation=shard.generation, log_note=note, untrusted=self.inp.untrusted,
-                           ref=self.inp.ref),
+                           ref=self.inp.ref, prepare=prepare or []),
                 start_to_close_timeout=self.tenant.phase_timeout + SHARD_TIMEOUT_MARGIN,
                 heartbeat_timeout=SHARD_HEARTBEAT_TIMEOUT, retry_policy=INFRA_RETRY,
                 cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
@@ -139,7 +147,7 @@ class ShardRunner:
                 task_queue=shard.host or None, schedule_to_start_timeout=self._host_wait(shard.host),
             ))
 
-        tasks = {start(i): i for i in range(phase.parallelism)}
+        tasks = {start(i, prepare=None if i else ahead): i for i in range(phase.parallelism)}
         if then is not None:
             then()
         for shard in state.shards:
@@ -171,7 +179,7 @@ class ShardRunner:
             await self._cancel(pending, state, ANOTHER_FAILED, self._unstarted(prepared, pending, tasks, state))
         return failure
 
-    def _unstarted(self, prepared: list[tuple[asyncio.Future[PrepareResult], str, str]],
+    def _unstarted(self, prepared: list[tuple[asyncio.Future[PrepareResult] | None, str, str]],
                    pending: list[asyncio.Future[ShardResult]], tasks: dict[asyncio.Future[ShardResult], int],
                    state: PhaseState) -> list[tuple[str, str]]:
         """The prepared builders of the shards about to be cancelled. One whose activity never started has nobody

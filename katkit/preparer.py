@@ -1,0 +1,81 @@
+"""Builders made ready in the background, on the worker host that will run them (pipelining).
+
+An activity that knows which phases come next (the checkout, once it has read the plan; a shard, once its ci.sh has
+started) hands their builders to the host's ``Preparer`` and goes on: no activity, no workflow task and no history
+event per prepared builder. Whoever needs a builder next settles its prepare first (``settle``): a prepare still
+queued is dropped (the builder is then made as it always was), one under way is waited for. A host that dies with
+prepares in hand leaves waiting builders: each waits at most its ``ready_for_s`` and the host's reaper removes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+import structlog
+
+log = structlog.get_logger("katkit.preparer")
+
+SETTLE_S = 120.0  # at most this long a start waits for its builder's prepare (a docker create on a stalled engine)
+
+
+class Preparer:
+    def __init__(self, workers: int | None = None) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers or max(2, os.cpu_count() or 2),
+                                        thread_name_prefix="katkit-prepare")
+        self._lock = threading.Lock()
+        self._pending: dict[str, Future[None]] = {}
+        self._closed = False
+
+    def submit(self, name: str, prepare: Callable[[], None]) -> None:
+        """Prepare builder ``name`` soon (once: a builder handed over twice is prepared once)."""
+        with self._lock:
+            if self._closed or name in self._pending:
+                return
+            future = self._pool.submit(self._run, name, prepare)
+            self._pending[name] = future
+        future.add_done_callback(lambda f: self._forget(name, f))
+
+    @staticmethod
+    def _run(name: str, prepare: Callable[[], None]) -> None:
+        try:
+            prepare()
+        except Exception as exc:  # noqa: BLE001 - a builder not prepared is made when its shard starts, as always
+            log.info("builder not prepared", builder=name, error=(str(exc).splitlines() or [type(exc).__name__])[0][:200])
+
+    def _forget(self, name: str, future: Future[None]) -> None:
+        with self._lock:
+            if self._pending.get(name) is future:
+                del self._pending[name]
+
+    def settle(self, name: str, progress: Callable[[], None] = lambda: None, timeout: float = SETTLE_S) -> None:
+        """Before builder ``name`` is started or removed: drop its prepare if it has not begun, else wait for it to
+        end (``progress`` about once a second: a waiting activity heartbeats)."""
+        with self._lock:
+            future = self._pending.get(name)
+        if future is None or future.cancel():
+            return
+        waited = 0.0
+        while waited < timeout:
+            try:
+                future.result(timeout=1.0)
+                return
+            except FutureTimeout:
+                waited += 1.0
+                progress()
+            except Exception:  # noqa: BLE001 - _run reports its own failures; a cancel ends the wait too
+                return
+        log.warning("builder still being prepared; going on", builder=name, waited_s=waited)
+
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def close(self) -> None:
+        """The worker stops: queued prepares are dropped, those under way end on their own."""
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)

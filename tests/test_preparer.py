@@ -1,0 +1,65 @@
+"""The host's preparer (pipelining, issue 16): builders handed over by an activity are made ready in the background,
+each once; a start or a removal first settles its builder's prepare: one not begun is dropped, one under way is
+waited for (heartbeating meanwhile). Driven with plain callables: what a prepare does is the builders' own test."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from katkit.preparer import Preparer
+
+
+def test_a_builder_handed_over_twice_is_prepared_once() -> None:
+    preparer, made, gate = Preparer(workers=2), [], threading.Event()
+    preparer.submit("b1", lambda: (gate.wait(5), made.append("b1")))
+    preparer.submit("b1", lambda: made.append("again"))
+    gate.set()
+    preparer.settle("b1")
+    assert made == ["b1"] and preparer.pending() == 0
+
+
+def test_settle_drops_a_prepare_not_begun_and_waits_for_one_under_way() -> None:
+    preparer, made = Preparer(workers=1), []
+    begun, release = threading.Event(), threading.Event()
+
+    def slow() -> None:
+        begun.set()
+        release.wait(10)
+        made.append("slow")
+
+    preparer.submit("under-way", slow)
+    preparer.submit("queued", lambda: made.append("queued"))
+    assert begun.wait(5)
+    preparer.settle("queued")  # not begun (the only worker is busy): dropped, its shard makes the builder itself
+    beats: list[float] = []
+    threading.Timer(1.5, release.set).start()
+    t0 = time.monotonic()
+    preparer.settle("under-way", progress=lambda: beats.append(time.monotonic()))
+    assert made == ["slow"] and time.monotonic() - t0 >= 1.0 and beats  # waited for it, heartbeating
+    time.sleep(0.2)
+    assert made == ["slow"] and preparer.pending() == 0  # the dropped one never ran
+
+
+def test_a_prepare_that_fails_is_no_failure_and_a_closed_preparer_takes_nothing() -> None:
+    preparer, made = Preparer(workers=1), []
+
+    def broken() -> None:
+        raise RuntimeError("engine gone")
+
+    preparer.submit("broken", broken)
+    preparer.settle("broken")  # returns: the shard makes its builder as it always did
+    preparer.close()
+    preparer.submit("late", lambda: made.append("late"))
+    preparer.settle("late")
+    assert made == [] and preparer.pending() == 0
+
+
+def test_settle_gives_up_waiting_after_its_timeout() -> None:
+    preparer, release = Preparer(workers=1), threading.Event()
+    preparer.submit("stuck", lambda: release.wait(10))
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    preparer.settle("stuck", timeout=1.0)
+    assert 0.9 <= time.monotonic() - t0 < 5
+    release.set()

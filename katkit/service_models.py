@@ -27,6 +27,9 @@ class LockGrant(Model):
     waited_s: float = 0.0
     last: DeploymentRecord | None = Field(None, description="the service's last deployment, from its ledger")
     imported: bool = Field(True, description="False until the service's JSON history of older versions was imported")
+    queued: bool = Field(False, description="not granted yet, and not waited for inside the lock (too many wait there "
+                                            "already): the caller keeps its place in the queue and asks again soon")
+    position: int = Field(0, description="queued: how many wait before it (it asks again sooner the closer it is)")
 
 
 class LockEntry(Model):

@@ -101,11 +101,12 @@ def freezes_start(task_queue: str, tenant: str) -> WithStartWorkflowOperation[An
 
 
 async def describe_or_none(client: Client, workflow_id: str, run_id: str | None = None) -> WorkflowExecutionDescription | None:
-    """A workflow's description, or None when the server has no such workflow (never started, or deleted)."""
+    """A workflow's description, or None when the server has no such workflow (never started, or deleted; or
+    ``run_id`` is no run id at all, which no execution can have)."""
     try:
         return await client.get_workflow_handle(workflow_id, run_id=run_id).describe()
     except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
+        if exc.status == RPCStatusCode.NOT_FOUND or (run_id and exc.status == RPCStatusCode.INVALID_ARGUMENT):
             return None
         raise
 

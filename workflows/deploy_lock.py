@@ -19,6 +19,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.deploy import DeployActivities
@@ -28,6 +29,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.details import lock_details
 
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
+# The server admits 10 updates in flight per workflow by default (history.maxInFlightUpdates): at most this many
+# acquires wait inside the lock, so the holder's release and record always get in; the others keep their place in
+# the queue and ask again (LockGrant.queued).
+WAITING_INSIDE = 5
+WAITERS_PATCH = "katkit-lock-waiters-1"
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
 LEDGER_KEEP = 100
 
@@ -37,6 +43,8 @@ class DeployLock:
     @workflow.init
     def __init__(self, state: LockState) -> None:
         self._state = state
+        self._capped = workflow.patched(WAITERS_PATCH)  # once per run: executions from before wait all inside
+        self._inside = 0  # acquires waiting in the workflow now
 
     @workflow.run
     async def run(self, state: LockState) -> None:
@@ -67,10 +75,14 @@ class DeployLock:
 
     async def _free_closed_runs(self) -> None:
         entries = ([self._state.holder] if self._state.holder else []) + list(self._state.waiters)
-        closed = await workflow.execute_activity_method(
-            DeployActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
-        )
+        try:
+            closed = await workflow.execute_activity_method(
+                DeployActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
+                start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
+            )
+        except ActivityError as exc:  # the lock and its ledger live on: asked again at the next watchdog round
+            workflow.logger.warning("could not ask which deploy lock holders closed: %s", exc.cause or exc)
+            return
         for run_id in closed:
             workflow.logger.warning("freeing the deploy lock of closed run %s", run_id)
             self._release(run_id)
@@ -82,6 +94,8 @@ class DeployLock:
         if st.holder is not None and st.holder.run_id == req.run_id:
             return self._grant(0.0)  # a retried deploy of the holder
         asked = workflow.now()
+        if self._capped and req.run_id in st.superseded:  # superseded while it waited outside
+            return LockGrant(granted=False, superseded_by=st.superseded.pop(req.run_id))
         if req.run_id in st.withdrawn:
             st.withdrawn.remove(req.run_id)
         if all(w.run_id != req.run_id for w in st.waiters):
@@ -91,7 +105,17 @@ class DeployLock:
                 st.waiters = []
             st.waiters.append(LockEntry(run_id=req.run_id, execution=req.execution, since=asked))
             self._show()
-        await workflow.wait_condition(lambda: self._my_turn(req.run_id))
+        elif self._capped:  # asking again: it has waited since it first asked
+            asked = next(w.since for w in st.waiters if w.run_id == req.run_id)
+        if self._capped and self._inside >= WAITING_INSIDE and not self._my_turn(req.run_id):
+            place = next(i for i, w in enumerate(st.waiters) if w.run_id == req.run_id)
+            return LockGrant(granted=False, queued=True, position=place,
+                             waited_s=(workflow.now() - asked).total_seconds())
+        self._inside += 1
+        try:
+            await workflow.wait_condition(lambda: self._my_turn(req.run_id))
+        finally:
+            self._inside -= 1
         waited = (workflow.now() - asked).total_seconds()
         if req.run_id in st.superseded:
             return LockGrant(granted=False, superseded_by=st.superseded.pop(req.run_id), waited_s=waited)

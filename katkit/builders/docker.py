@@ -386,7 +386,7 @@ class DockerBuilder(EngineUser):
                 if len(seen) > 1 << 20:
                     break
         finally:
-            stream.close()
+            hang_up(getattr(stream, "_response", None))
         ready = seen.find(ready_line)
         if ready < 0:
             return None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 from temporalio import activity
-from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -68,7 +68,7 @@ class DeployActivities:
     async def deploy(self, inp: DeployInput) -> DeployResult:
         """Take the tenant service's deploy lock, then deploy (keeping env vars and replicas), then release it."""
         req = LockRequest(tenant=inp.tenant.name, service=inp.service, run_id=inp.run_id,
-                          execution=inp.execution, policy=inp.tenant.deploy_lock)
+                          execution=inp.execution, policy=inp.tenant.deploy_lock, can_queue=True)
         grant = await self._acquire(req) if self.client is not None else LockGrant(granted=True)
         if not grant.granted:
             why = f"superseded by newer run {grant.superseded_by}" if grant.superseded_by else "the deploy lock was withdrawn"
@@ -103,7 +103,15 @@ class DeployActivities:
         """Ask until granted or superseded. Queued outside the lock (too many wait inside it), or turned away by the
         server's limit on updates in flight, the request keeps its place and asks again soon."""
         assert self.client is not None
-        asked = time.monotonic()
+        try:
+            return await self._ask_until_granted(req)
+        except BaseException:  # cancelled or failed while it waited: its place in the queue goes too
+            await asyncio.shield(self._release(req))
+            raise
+
+    async def _ask_until_granted(self, req: LockRequest) -> LockGrant:
+        assert self.client is not None
+        asked, position = time.monotonic(), 0
         while True:
             start = ledger_start(activity.info().task_queue, req.tenant, req.service, self.lock_watchdog_s, req.policy)
             call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
@@ -119,19 +127,22 @@ class DeployActivities:
                 raise
             try:
                 grant: LockGrant = call.result()
+            except WorkflowUpdateFailedError:  # turned away before it was taken: still queued, its place kept
+                grant = LockGrant(granted=False, queued=True, position=position)
             except RPCError as exc:
                 if not _ask_again(exc):
                     raise
-                grant = LockGrant(granted=False, queued=True)
+                grant = LockGrant(granted=False, queued=True, position=position)
             finally:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(start.workflow_handle(), 0.01)  # its outcome taken: never logged unread
             if not grant.queued:
                 grant.waited_s = max(grant.waited_s, time.monotonic() - asked)
                 return grant
-            activity.heartbeat(f"waiting for the deploy lock ({grant.position} before it)")
+            position = grant.position
+            activity.heartbeat(f"waiting for the deploy lock ({position} before it)")
             # the closer it is to its turn, the sooner it asks again (each ask is an update in flight a moment)
-            await asyncio.sleep(min(3.0, 0.1 + 0.05 * grant.position) * random.uniform(0.7, 1.3))
+            await asyncio.sleep(min(2.0, 0.2 + 0.05 * position) * random.uniform(0.7, 1.3))
 
     async def _update_lock(self, req: LockRequest, name: str, arg: object) -> None:
         """An update of the lock workflow (release, record), asked again while the server turns it away for the

@@ -25,15 +25,8 @@ from katkit.builders import Builder, BuilderSpec, builder_for, builder_name, cac
 from katkit.config import LinkConfig, TenantConfig
 from katkit.gitrepo import RepoMirror, is_remote, normalize_url
 from katkit.logstore import LogStore, tail
-from katkit.models import (
-    CheckoutInput,
-    PrepareAhead,
-    PrepareResult,
-    RemoveBuilderInput,
-    RunPlan,
-    ShardInput,
-    ShardResult,
-)
+from katkit.models import (CheckoutInput, PrepareAhead, PrepareResult, RemoveBuilderInput, RunPlan, ShardInput,
+                           ShardResult)
 from katkit.names import log_key
 from katkit.plan import check_run, read_plan
 from katkit.preparer import Preparer
@@ -263,8 +256,9 @@ class ShardActivities:
             for i in range(item.phase.parallelism):
                 inp = like.model_copy(update={"phase": item.phase, "shard_index": i, "deadline": item.deadline,
                                               "generation": 0, "log_note": "", "prepare": []})
-                self.preparer.submit(builder_name(inp.run_id, inp.attempt_key, item.phase.name, i),
-                                     functools.partial(self._prepare, inp, where))
+                name = builder_name(inp.run_id, inp.attempt_key, item.phase.name, i)
+                self.preparer.submit(name, functools.partial(self._prepare, inp, where),
+                                     remove=functools.partial(self._builders(inp.tenant).remove, name))
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)
@@ -403,5 +397,5 @@ class ShardActivities:
     @activity.defn(name="remove_builder")
     @translate_errors
     def remove_builder(self, inp: RemoveBuilderInput) -> None:
-        self.preparer.settle(inp.builder, timeout=60.0)  # one still being prepared here is removed once it is made
+        self.preparer.settle(inp.builder, timeout=60.0, discard=True)  # one still being prepared: removed by it too
         self._builders(inp.tenant).remove(inp.builder)

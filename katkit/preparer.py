@@ -28,32 +28,43 @@ class Preparer:
                                         thread_name_prefix="katkit-prepare")
         self._lock = threading.Lock()
         self._pending: dict[str, Future[None]] = {}
+        self._discarded: set[str] = set()  # removed while their prepare still ran: removed again once it ends
         self._closed = False
 
-    def submit(self, name: str, prepare: Callable[[], None]) -> None:
-        """Prepare builder ``name`` soon (once: a builder handed over twice is prepared once)."""
+    def submit(self, name: str, prepare: Callable[[], None], remove: Callable[[], None] = lambda: None) -> None:
+        """Prepare builder ``name`` soon (once: a builder handed over twice is prepared once); ``remove`` removes it
+        (a removal that gave up waiting for this prepare leaves that to it)."""
         with self._lock:
             if self._closed or name in self._pending:
                 return
-            future = self._pool.submit(self._run, name, prepare)
+            future = self._pool.submit(self._run, name, prepare, remove)
             self._pending[name] = future
         future.add_done_callback(lambda f: self._forget(name, f))
 
-    @staticmethod
-    def _run(name: str, prepare: Callable[[], None]) -> None:
+    def _run(self, name: str, prepare: Callable[[], None], remove: Callable[[], None]) -> None:
         try:
             prepare()
         except Exception as exc:  # noqa: BLE001 - a builder not prepared is made when its shard starts, as always
             log.info("builder not prepared", builder=name, error=(str(exc).splitlines() or [type(exc).__name__])[0][:200])
+        with self._lock:
+            discarded = name in self._discarded
+            self._discarded.discard(name)
+        if discarded:
+            try:
+                remove()
+            except Exception as exc:  # noqa: BLE001 - the reaper removes what is left
+                log.warning("prepared builder not removed", builder=name, error=str(exc)[:200])
 
     def _forget(self, name: str, future: Future[None]) -> None:
         with self._lock:
             if self._pending.get(name) is future:
                 del self._pending[name]
 
-    def settle(self, name: str, progress: Callable[[], None] = lambda: None, timeout: float = SETTLE_S) -> None:
+    def settle(self, name: str, progress: Callable[[], None] = lambda: None, timeout: float = SETTLE_S,
+               discard: bool = False) -> None:
         """Before builder ``name`` is started or removed: drop its prepare if it has not begun, else wait for it to
-        end (``progress`` about once a second: a waiting activity heartbeats)."""
+        end (``progress`` about once a second: a waiting activity heartbeats). ``discard``: it is being removed;
+        should the wait run out, the prepare removes what it made once it ends."""
         with self._lock:
             future = self._pending.get(name)
         if future is None or future.cancel():
@@ -68,6 +79,10 @@ class Preparer:
                 progress()
             except Exception:  # noqa: BLE001 - _run reports its own failures; a cancel ends the wait too
                 return
+        if discard:
+            with self._lock:
+                if self._pending.get(name) is future:
+                    self._discarded.add(name)
         log.warning("builder still being prepared; going on", builder=name, waited_s=waited)
 
     def pending(self) -> int:

@@ -19,6 +19,7 @@ class LockRequest(Model):
     run_id: str
     execution: str = ""
     policy: str = "queue"
+    can_queue: bool = Field(False, description="the caller asks again when told it is queued (LockGrant.queued)")
 
 
 class LockGrant(Model):

@@ -63,3 +63,13 @@ def test_settle_gives_up_waiting_after_its_timeout() -> None:
     preparer.settle("stuck", timeout=1.0)
     assert 0.9 <= time.monotonic() - t0 < 5
     release.set()
+
+
+def test_a_removal_that_gives_up_waiting_leaves_the_removal_to_the_prepare() -> None:
+    preparer, release, removed = Preparer(workers=1), threading.Event(), threading.Event()
+    preparer.submit("slow", lambda: release.wait(10), remove=removed.set)
+    time.sleep(0.1)
+    preparer.settle("slow", timeout=1.0, discard=True)  # remove_builder gave up: the builder is made after it
+    assert not removed.is_set()
+    release.set()
+    assert removed.wait(5)  # the prepare removed what it made

@@ -98,6 +98,7 @@ class CommitRun(DeploymentSteps):
             self._shards.host = plan.host_queue if self._shards.by_host else None
             for phase in plan.first_prepared(first) if inp.rollback is None else []:
                 self._shards.mark_prepared(phase)
+                self._shards.remove_unstarted = True  # a shard cancelled before it started: its builder goes too
             self._status.phases = [
                 PhaseState(name=p.name, type=p.type, order=p.order, parallelism=p.parallelism,
                            shards=[ShardState(index=i) for i in range(p.parallelism if p.type == PhaseType.EXECUTION else 0)])
@@ -118,7 +119,7 @@ class CommitRun(DeploymentSteps):
                         ahead: list[PrepareAhead] = []  # ...by the host of its first shard (PREPARE_INLINE_PATCH)
                         if following is not None and following.type == PhaseType.EXECUTION and \
                                 not self._status.phases[index + 1].reused_from and workflow.patched(PIPELINE_PATCH):
-                            if inline:
+                            if inline and self._shards.by_host:  # the host that prepares them runs them
                                 ahead = self._hand_over(self._ahead(index, plan))
                             else:
                                 prepare = functools.partial(self._prepare_ahead, self._ahead(index, plan), plan)

@@ -34,6 +34,8 @@ IDLE_CLOSE_AFTER = timedelta(minutes=10)
 # the queue and ask again (LockGrant.queued).
 WAITING_INSIDE = 5
 WAITERS_PATCH = "katkit-lock-waiters-1"
+UPGRADE_PATCH = "katkit-lock-upgrade-1"  # a lock from before WAITERS_PATCH continues as new to take it up
+WATCHDOG_PATCH = "katkit-lock-watchdog-1"  # a watchdog round that cannot ask is skipped, never the lock's end
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
 LEDGER_KEEP = 100
 
@@ -44,7 +46,7 @@ class DeployLock:
     def __init__(self, state: LockState) -> None:
         self._state = state
         self._capped = workflow.patched(WAITERS_PATCH)  # once per run: executions from before wait all inside
-        self._inside = 0  # acquires waiting in the workflow now
+        self._inside: set[str] = set()  # the runs whose acquire waits in the workflow now
 
     @workflow.run
     async def run(self, state: LockState) -> None:
@@ -65,6 +67,8 @@ class DeployLock:
             if (self._state.grants >= CONTINUE_AS_NEW_AFTER_GRANTS or long_history) and workflow.all_handlers_finished():
                 self._state.grants = 0
                 workflow.continue_as_new(self._state)
+            if not self._capped and workflow.all_handlers_finished() and workflow.patched(UPGRADE_PATCH):
+                workflow.continue_as_new(self._state)  # the next run caps the waits inside (WAITERS_PATCH)
 
     def _keeps_ledger(self) -> bool:
         """A service with a ledger is remembered for good (older histories never had one: they close when idle)."""
@@ -80,7 +84,10 @@ class DeployLock:
                 DeployActivities.closed_runs, ClosedRunsInput(executions=[(e.run_id, e.execution) for e in entries]),
                 start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3),
             )
-        except ActivityError as exc:  # the lock and its ledger live on: asked again at the next watchdog round
+        except ActivityError as exc:
+            if not workflow.patched(WATCHDOG_PATCH):
+                raise
+            # the lock and its ledger live on: asked again at the next watchdog round
             workflow.logger.warning("could not ask which deploy lock holders closed: %s", exc.cause or exc)
             return
         for run_id in closed:
@@ -107,15 +114,15 @@ class DeployLock:
             self._show()
         elif self._capped:  # asking again: it has waited since it first asked
             asked = next(w.since for w in st.waiters if w.run_id == req.run_id)
-        if self._capped and self._inside >= WAITING_INSIDE and not self._my_turn(req.run_id):
+        if self._waits_outside(req):
             place = next(i for i, w in enumerate(st.waiters) if w.run_id == req.run_id)
             return LockGrant(granted=False, queued=True, position=place,
                              waited_s=(workflow.now() - asked).total_seconds())
-        self._inside += 1
+        self._inside.add(req.run_id)
         try:
             await workflow.wait_condition(lambda: self._my_turn(req.run_id))
         finally:
-            self._inside -= 1
+            self._inside.discard(req.run_id)
         waited = (workflow.now() - asked).total_seconds()
         if req.run_id in st.superseded:
             return LockGrant(granted=False, superseded_by=st.superseded.pop(req.run_id), waited_s=waited)
@@ -127,6 +134,18 @@ class DeployLock:
             st.holder = LockEntry(run_id=entry.run_id, execution=entry.execution, since=workflow.now())
             st.grants += 1
         return self._grant(waited)
+
+    def _waits_outside(self, req: LockRequest) -> bool:
+        """Too many wait inside already, and it is not its turn: it keeps its place and asks again (only a caller
+        that can: a deploy activity from before this change takes "not granted" as withdrawn)."""
+        return self._capped and req.can_queue and len(self._inside) >= WAITING_INSIDE and not self._my_turn(req.run_id)
+
+    @acquire.validator
+    def _asks_again_too_soon(self, req: LockRequest) -> None:
+        """A queued caller asking again before a place inside is free is turned away here, before the update is
+        taken: a turned-away update leaves nothing in the history (each ask taken would add four events)."""
+        if any(w.run_id == req.run_id for w in self._state.waiters) and self._waits_outside(req):
+            raise ValueError("still queued: ask again soon")
 
     def _grant(self, waited: float) -> LockGrant:
         st = self._state
@@ -151,7 +170,8 @@ class DeployLock:
             st.holder = None
         elif any(w.run_id == run_id for w in st.waiters):
             st.waiters = [w for w in st.waiters if w.run_id != run_id]
-            st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
+            if not self._capped or run_id in self._inside:  # none waits for it outside: nothing to wake
+                st.withdrawn.append(run_id)  # wakes its waiting acquire, which then returns not granted
         self._show()
 
     @workflow.update(name=LEDGER_RECORD)

@@ -79,6 +79,9 @@ class _LogFollower:
         self.done = threading.Event()
         self.error: Exception | None = None
         self._stream = api.logs(container, stream=True, follow=follow, stdout=True, stderr=True)
+        raw = getattr(getattr(self._stream, "_response", None), "raw", None)
+        if raw is not None:  # its connection never goes back to the pool: this stream may be hung up on at any time
+            raw._pool = None  # (``hang_up``), even as it ends
         self._thread = threading.Thread(target=self._run, args=(position,), daemon=True, name=f"logs-{container}")
         self._thread.start()
 
@@ -102,8 +105,7 @@ class _LogFollower:
         except Exception as exc:  # noqa: BLE001 - reported by read(); a closed stream ends here too
             self.error = exc
         finally:
-            if self.sealed is not None:
-                self.close()
+            self.close()  # its own connection, closed now (it never goes back to the pool)
             self.done.set()
             self.ready.set()
 
@@ -457,7 +459,13 @@ class DockerBuilder(EngineUser):
         follower = self._followers.get(name)
         if follower is not None and follower.sealed is not None and follower.sealed not in (137, 143):
             if follower.drained:  # its agent's sealed last line, all before it read: the container stops now
-                return self._ended(name, follower.sealed, {})
+                st: dict[str, Any] = {}
+                if follower.sealed:  # a failure: was a process of ci.sh's killed for memory? (the engine knows now)
+                    try:
+                        st = self.api.inspect_container(name)["State"]
+                    except docker.errors.NotFound:
+                        pass
+                return self._ended(name, follower.sealed, st)
             return BuilderState(running=True)  # what came before that line is read first
         if not self._watch(name).exited.is_set():
             return BuilderState(running=True)  # the engine has not said it stopped: no need to ask

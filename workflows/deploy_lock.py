@@ -30,11 +30,12 @@ with workflow.unsafe.imports_passed_through():
 
 IDLE_CLOSE_AFTER = timedelta(minutes=10)
 # The server admits 10 updates in flight per workflow by default (history.maxInFlightUpdates): at most this many
-# acquires wait inside the lock, so the holder's release and record always get in; the others keep their place in
-# the queue and ask again (LockGrant.queued).
+# acquires wait inside the lock, which leaves room for the holder's release and record; the others keep their place
+# in the queue and ask again (LockGrant.queued).
 WAITING_INSIDE = 5
 WAITERS_PATCH = "katkit-lock-waiters-1"
-UPGRADE_PATCH = "katkit-lock-upgrade-1"  # a lock from before WAITERS_PATCH continues as new to take it up
+UPGRADE_PATCH = "katkit-lock-upgrade-1"  # a lock from before WAITERS_PATCH takes the cap from its first caller
+# that can queue (asked only then: recorded histories never had one, and a lock replayed here asks at the same point)
 WATCHDOG_PATCH = "katkit-lock-watchdog-1"  # a watchdog round that cannot ask is skipped, never the lock's end
 CONTINUE_AS_NEW_AFTER_GRANTS = 500
 LEDGER_KEEP = 100
@@ -67,8 +68,6 @@ class DeployLock:
             if (self._state.grants >= CONTINUE_AS_NEW_AFTER_GRANTS or long_history) and workflow.all_handlers_finished():
                 self._state.grants = 0
                 workflow.continue_as_new(self._state)
-            if not self._capped and workflow.all_handlers_finished() and workflow.patched(UPGRADE_PATCH):
-                workflow.continue_as_new(self._state)  # the next run caps the waits inside (WAITERS_PATCH)
 
     def _keeps_ledger(self) -> bool:
         """A service with a ledger is remembered for good (older histories never had one: they close when idle)."""
@@ -97,6 +96,8 @@ class DeployLock:
     @workflow.update(name=LOCK_ACQUIRE)
     async def acquire(self, req: LockRequest) -> LockGrant:
         st = self._state
+        if not self._capped and req.can_queue and workflow.patched(UPGRADE_PATCH):
+            self._capped = True
         st.policy = req.policy
         if st.holder is not None and st.holder.run_id == req.run_id:
             return self._grant(0.0)  # a retried deploy of the holder

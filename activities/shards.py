@@ -251,14 +251,14 @@ class ShardActivities:
 
     def _prepare_ahead(self, ahead: list[PrepareAhead], like: ShardInput) -> None:
         """Hand the builders of ``ahead`` (phases after ``like``'s, of the same run) to the preparer."""
-        where = self._where()
+        where, builder = self._where(), self._builders(like.tenant)
         for item in ahead:
             for i in range(item.phase.parallelism):
                 inp = like.model_copy(update={"phase": item.phase, "shard_index": i, "deadline": item.deadline,
                                               "generation": 0, "log_note": "", "prepare": []})
                 name = builder_name(inp.run_id, inp.attempt_key, item.phase.name, i)
                 self.preparer.submit(name, functools.partial(self._prepare, inp, where),
-                                     remove=functools.partial(self._builders(inp.tenant).remove, name))
+                                     remove=functools.partial(builder.remove, name))
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)

@@ -398,12 +398,7 @@ class DockerBuilder(EngineUser):
         """Create the builder's container; its id, or None when another attempt created it a moment ago."""
         import docker.errors
 
-        with self._lock:  # a follower of a container of that name before this one reads another log
-            old = self._followers.pop(spec.name, None)
-            self._watches.pop(spec.name, None)
-            self._seals.pop(spec.name, None)
-        if old is not None:
-            old.close()
+        self._forget(spec.name)  # a follower of a container of that name before this one reads another log
         image = spec.image or self.config.image  # checked by the run's checkout; create says so if it vanished since
         binds: dict[str, dict[str, str]] = {}
         repo_url = spec.repo_url
@@ -439,6 +434,15 @@ class DockerBuilder(EngineUser):
                 return None
             raise
         return str(created["Id"])
+
+    def _forget(self, name: str) -> None:
+        """Drop what this worker keeps of builder ``name`` (its log follower, closed; its exit watch; its seal)."""
+        with self._lock:
+            follower = self._followers.pop(name, None)
+            self._watches.pop(name, None)
+            self._seals.pop(name, None)
+        if follower is not None:
+            follower.close()
 
     def _watch(self, name: str) -> _ExitWatch:
         with self._lock:
@@ -552,12 +556,7 @@ class DockerBuilder(EngineUser):
     def remove(self, name: str, progress: Callable[[], None] = lambda: None) -> None:
         import docker.errors
 
-        with self._lock:
-            follower = self._followers.pop(name, None)
-            self._watches.pop(name, None)  # its wait ends with the container
-            self._seals.pop(name, None)
-        if follower is not None:
-            follower.close()
+        self._forget(name)  # its exit watch ends with the container
         try:
             self.api.remove_container(name, force=True, v=True)
         except docker.errors.NotFound:

@@ -46,6 +46,30 @@ def bare_runs(mirror: Path, sha: str, n: int) -> list[float]:
     return times
 
 
+def bare_api_runs(mirror: Path, sha: str, n: int) -> list[float]:
+    """The container katkit makes for a builder on the network ``none`` (the engine's networking disabled, its agent
+    naming localhost: README, Docker), made bare: created, started, waited for and removed through the engine's API,
+    one after the other, nothing prepared ahead. Against it, a phase shows what pipelining alone gains."""
+    import docker
+
+    api = docker.from_env(version="auto").api
+    spec = json.dumps({"repo_url": "/katkit/mirror", "sha": sha, "folder": "", "workspace": "/workspace/src",
+                       "hosts": True})
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        made = api.create_container(IMAGE, command=["--spec-json", spec], environment={"KATKIT_PHASE": "BARE"},
+                                    network_disabled=True, host_config=api.create_host_config(
+                                        binds={str(mirror): {"bind": "/katkit/mirror", "mode": "ro"}}))
+        api.start(made)
+        code = api.wait(made)["StatusCode"]
+        api.logs(made)
+        api.remove_container(made, force=True, v=True)
+        times.append(time.perf_counter() - t0)
+        assert code == 0, code
+    return times
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 

@@ -6,6 +6,7 @@ It runs inside every builder (a local process, a container, an ECS task). Its sp
     {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...},
      "checked_out": false,   # true: the workspace holds the sha already (a builder prepared in advance)
      "go": {"from": "stdin" or "/path/of/a/fifo", "timeout": 3600},   # optional: prepared in advance (below)
+     "hosts": false,         # true: name localhost in an empty /etc/hosts first (a container whose network is disabled)
      "cache": {"dir": "/cache/of/this/tenant/repo/branch", "paths": ["node_modules", "~/.cache/pip"], "save": true}}
 
 ``cache`` (optional): each path (``~/x``: in HOME; else in the checkout's folder) is copied from ``dir`` before
@@ -44,6 +45,7 @@ READY_LINE = "ready: ci.sh starts when the phase before has ended"
 SCRIPT_EXITED = "ci.sh exited "  # how the agent's line after ci.sh begins (Docker looks for the exit then)
 GO_LINE = "told to start"  # the first line after the start arrived: a builder that logged it has run or runs ci.sh
 DONE = "done"  # the agent's last line when the start carried a seal: "[katkit-agent] done SEAL CODE" (Docker)
+LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"  # what Docker's network 'none' names
 
 # git asks this helper for credentials only when the server wants them. The token reaches git through the
 # environment of that git process, never its arguments (which any user of the host can list).
@@ -181,6 +183,17 @@ def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
             os.close(fd)
 
 
+def name_localhost(out: IO[bytes], path: str = "/etc/hosts") -> None:
+    """A container whose network the engine disabled (a namespace of its own with only loopback, as on Docker's network
+    ``none``) gets an empty /etc/hosts, where nothing names localhost: the agent writes what ``none`` would have."""
+    try:
+        if os.path.getsize(path) == 0:
+            with open(path, "w") as f:
+                f.write(LOCALHOST)
+    except OSError as exc:
+        _say(out, f"could not name localhost in {path}: {exc}")
+
+
 def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[dict[str, Any]], None] = lambda message: None) -> dict[str, Any]:
     """Check out and run ci.sh; return what goes into exit.json. ``out`` is a binary file for the log. ``on_go``
     is called with the message when a builder prepared in advance has been told to start."""
@@ -190,6 +203,8 @@ def run(spec: dict[str, Any], out: IO[bytes], on_go: Callable[[dict[str, Any]], 
     env: dict[str, str] | None = spec.get("env")
     go = spec.get("go")
     fd = listen(go) if go else -1  # first: a start that comes while the agent checks out waits for it
+    if spec.get("hosts"):
+        name_localhost(out)
     checked_out = bool(spec.get("checked_out")) and os.path.isdir(os.path.join(ws, ".git"))
     _say(out, f"checked out {sha} in advance" if checked_out else f"checking out {sha} from {spec['repo_url']}")
     failed = "" if checked_out else _checkout(spec, None if go else env, out)

@@ -250,15 +250,18 @@ async def test_missing_builder_image_is_bad_input_before_anything_starts(dk: Kat
 async def test_local_fleet_picks_the_network(dk: Katkit, docker_api, repo: Path, tenant: str, image_repo: str, docker_config) -> None:
     docker_config.tenant(tenant).docker.tenant_network = "host"  # LocalFleet true joins the tenant's network
     docker_config.tenant(tenant).docker.cpus, docker_config.tenant(tenant).docker.memory = 0.5, "256m"
-    for local_fleet, expected in (("true", "host"), ("false", "none")):
+    # network none: the engine's networking disabled, the same isolation (test_prepared_builders)
+    for local_fleet, expected in (("true", ("host", False)), ("false", ("default", True))):
         files = sample_files(image_repo, phase("HANG", 1))
         cfg = json.loads(files["katkitconfig.js"])
         cfg[0]["LocalFleet"] = local_fleet
         sha = commit_files(repo, {**files, "katkitconfig.js": json.dumps(cfg)})
         handle = await dk.start_run(tenant, "sample", sha=sha, by="bob")
         found = await wait_for(lambda: builders(docker_api, tenant))
-        host_config = docker_api.inspect_container(found[0]["Id"])["HostConfig"]
-        assert (host_config["NetworkMode"], host_config["NanoCpus"], host_config["Memory"]) == (expected, 500_000_000, 256 << 20)
+        info = docker_api.inspect_container(found[0]["Id"])
+        host_config, disabled = info["HostConfig"], bool(info["Config"].get("NetworkDisabled"))
+        assert ((host_config["NetworkMode"], disabled), host_config["NanoCpus"], host_config["Memory"]) == \
+            (expected, 500_000_000, 256 << 20)
         await dk.cancel(handle.run_id)
         with pytest.raises(RunFailed):
             await dk.wait(handle.run_id)

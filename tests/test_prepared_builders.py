@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import time
 import uuid
@@ -243,3 +244,70 @@ def test_docker_log_followers_closed_as_their_stream_ends_leave_the_engine_clien
         assert follower.done.wait(5)
         for _ in range(3):  # the pool is last in, first out: the connection just given back is taken first
             assert api.inspect_container(container["Id"])["State"]["Status"] == "exited"
+
+
+ISOLATION = '''ls /sys/class/net | tr '\\n' ' '; echo
+getent hosts localhost
+python3 - <<'PY'
+import socket
+try:  # the worker host's own loopback, where the test listens
+    socket.create_connection(("127.0.0.1", HOST_PORT), timeout=3).close()
+    print("host loopback reached")
+except OSError:
+    print("host loopback out of reach")
+server = socket.create_server(("localhost", 0))
+client = socket.create_connection(("localhost", server.getsockname()[1]), timeout=3)
+peer, _ = server.accept()
+client.sendall(b"own loopback works")
+print(peer.recv(64).decode())
+PY
+'''
+
+
+@pytest.mark.parametrize("prepared", [True, False])
+def test_docker_builders_on_network_none_are_isolated_with_the_engines_networking_disabled(
+        docker_builder: DockerBuilder, spec: BuilderSpec, repo: Path, tmp_path: Path, prepared: bool) -> None:
+    """A builder on Docker's network ``none`` runs with the engine's networking disabled: a network namespace of its
+    own, made by runc, with only loopback (no engine network sandbox and hook processes: half a no-op container's
+    cost). Nothing changes for ci.sh: it cannot reach the worker host, its own loopback works, localhost resolves."""
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        made = _with_script(repo, spec, ISOLATION.replace("HOST_PORT", str(port)))
+        subprocess.run(["git", "-C", str(tmp_path / "mirror.git"), "fetch", "--quiet", str(repo),
+                        "+refs/heads/*:refs/heads/*"], check=True)
+        if prepared:
+            docker_builder.prepare(made)
+        assert docker_builder.start(made.model_copy(update={"first_try": True})) is True
+        config = docker_builder.api.inspect_container(made.name)["Config"]
+        code, log = _until_ended(docker_builder, made.name)
+    assert code == 0, log
+    assert config.get("NetworkDisabled") is True
+    assert "\nlo \n" in log, log  # no other interface
+    assert re.search(r"^(127\.0\.0\.1|::1) +localhost", log, re.M) and "host loopback out of reach" in log, log
+    assert "own loopback works" in log, log
+
+
+@pytest.mark.parametrize("dockerfile", ["USER nobody", 'LABEL katkit.agent-hosts=""'])
+def test_docker_builders_of_images_whose_agent_cannot_name_localhost_stay_on_network_none(
+        docker_builder: DockerBuilder, spec: BuilderSpec, tmp_path: Path, dockerfile: str) -> None:
+    """The engine leaves /etc/hosts empty when it disables a container's networking; an agent that runs as another
+    user than root, or from before it could name localhost there (no ``katkit.agent-hosts`` label), gets Docker's
+    network ``none`` as before, where the engine names localhost."""
+    import io
+
+    import docker
+
+    tag = f"katkit-test-{uuid.uuid4().hex[:8]}:1"
+    client = docker.from_env(version="auto")
+    client.images.build(fileobj=io.BytesIO(f"FROM katkit-builder:latest\n{dockerfile}\n".encode()), tag=tag,
+                        network_mode="none", rm=True)
+    try:
+        made = spec.model_copy(update={"image": tag})
+        docker_builder.prepare(made)
+        info = docker_builder.api.inspect_container(made.name)
+        assert (info["HostConfig"]["NetworkMode"], bool(info["Config"].get("NetworkDisabled"))) == ("none", False)
+        docker_builder.remove(made.name)
+    finally:
+        client.images.remove(tag, force=True)

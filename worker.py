@@ -25,7 +25,7 @@ from katkit.preload import import_sdks
 from katkit.reaper import reap_forever
 from katkit.names import LEDGER_IMPORT
 from katkit.platforms.history import ServiceRecords
-from katkit.temporal import connect, ensure_search_attributes, ledger_start
+from katkit.temporal import connect, ensure_search_attributes, is_open, ledger_start
 from workflows import CommitRun, DeployLock, Promotion, TenantFreezes
 
 MAX_CONCURRENT_ACTIVITIES = 100
@@ -39,16 +39,26 @@ class KatkitWorker:
     queue (answered at once while the host lives, however busy: how a run tells a busy host from a gone one)."""
 
     def __init__(self, *workers: Worker, on_start: Callable[[], Awaitable[object]] | None = None,
-                 on_stop: Callable[[], None] = lambda: None) -> None:
+                 on_stop: Callable[[], None] = lambda: None,
+                 background: Callable[[], Awaitable[object]] | None = None) -> None:
         self.workers = workers
         self._on_start = on_start
         self._on_stop = on_stop  # once its workers have stopped (the preparer drops what it has not begun)
+        self._background = background  # runs while the workers do
         self._started: asyncio.Future[object] | None = None
+        self._running: asyncio.Future[object] | None = None
 
     def _start_background(self) -> None:
         """What the host does once it polls (it needs a worker to answer): in the background, never failing it."""
         if self._on_start is not None and self._started is None:
             self._started = asyncio.ensure_future(self._on_start())
+        if self._background is not None and self._running is None:
+            self._running = asyncio.ensure_future(self._background())
+
+    def _stop_background(self) -> None:
+        for task in (self._started, self._running):
+            if task is not None and not task.done():
+                task.cancel()
 
     async def run(self) -> None:
         """Run them all; when one stops (or fails), the others are shut down too, and its failure raised."""
@@ -57,6 +67,7 @@ class KatkitWorker:
         try:
             await asyncio.wait(runs, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            self._stop_background()
             for w, run in zip(self.workers, runs):
                 if not run.done():
                     await w.shutdown()
@@ -74,8 +85,7 @@ class KatkitWorker:
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                         tb: TracebackType | None) -> None:
-        if self._started is not None and not self._started.done():
-            self._started.cancel()
+        self._stop_background()
         await asyncio.gather(*(w.__aexit__(exc_type, exc, tb) for w in self.workers))
         self._on_stop()
 
@@ -118,7 +128,9 @@ def build_worker(client: Client, settings: Settings, executor: ThreadPoolExecuto
     ping = Worker(client, task_queue=ping_queue(settings.host_queue), activities=[ping_host],
                   max_concurrent_activities=8, identity=worker_identity(settings))
     return KatkitWorker(shared, host, ping, on_start=lambda: offer_old_histories(client, settings),
-                        on_stop=shards.preparer.close)
+                        on_stop=shards.preparer.close,
+                        # builders prepared here whose run closed before a shard claimed them go within seconds
+                        background=lambda: shards.preparer.watch(lambda wf, run: is_open(client, wf, run)))
 
 
 async def offer_old_histories(client: Client, settings: Settings) -> int:

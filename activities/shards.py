@@ -258,7 +258,7 @@ class ShardActivities:
                                               "generation": 0, "log_note": "", "prepare": []})
                 name = builder_name(inp.run_id, inp.attempt_key, item.phase.name, i)
                 self.preparer.submit(name, functools.partial(self._prepare, inp, where),
-                                     remove=functools.partial(builder.remove, name))
+                                     remove=functools.partial(builder.remove, name), run=(inp.run_id, inp.attempt_key))
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)

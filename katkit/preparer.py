@@ -5,13 +5,20 @@ started) hands their builders to the host's ``Preparer`` and goes on: no activit
 event per prepared builder. Whoever needs a builder next settles its prepare first (``settle``): a prepare still
 queued is dropped (the builder is then made as it always was), one under way is waited for. A host that dies with
 prepares in hand leaves waiting builders: each waits at most its ``ready_for_s`` and the host's reaper removes it.
+
+A builder made here that no shard has claimed (settled) yet is looked after by ``watch``: once its run has closed
+(cancelled while its checkout still ran, which hands builders over all the same; terminated), it is removed within
+seconds, not at the reaper's next pass.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -20,6 +27,18 @@ import structlog
 log = structlog.get_logger("katkit.preparer")
 
 SETTLE_S = 120.0  # at most this long a start waits for its builder's prepare (a docker create on a stalled engine)
+UNCLAIMED_S = 5.0  # a builder made here that no shard has claimed this long: is its run still open? (then less often)
+WATCH_S = 2.0  # how often ``watch`` looks for such builders
+
+
+@dataclass
+class _Made:
+    """A builder made here, not claimed yet: its run (workflow id, run id), how to remove it, when to ask again."""
+
+    run: tuple[str, str]
+    remove: Callable[[], None]
+    due: float
+    every: float = UNCLAIMED_S
 
 
 class Preparer:
@@ -29,19 +48,23 @@ class Preparer:
         self._lock = threading.Lock()
         self._pending: dict[str, Future[None]] = {}
         self._discarded: set[str] = set()  # removed while their prepare still ran: removed again once it ends
+        self._made: dict[str, _Made] = {}  # made here, no shard has claimed them yet (``watch``)
         self._closed = False
 
-    def submit(self, name: str, prepare: Callable[[], None], remove: Callable[[], None] = lambda: None) -> None:
+    def submit(self, name: str, prepare: Callable[[], None], remove: Callable[[], None] = lambda: None,
+               run: tuple[str, str] | None = None) -> None:
         """Prepare builder ``name`` soon (once: a builder handed over twice is prepared once); ``remove`` removes it
-        (a removal that gave up waiting for this prepare leaves that to it)."""
+        (a removal that gave up waiting for this prepare leaves that to it); ``run``: its run's workflow id and run
+        id, asked about by ``watch`` while no shard has claimed the builder."""
         with self._lock:
             if self._closed or name in self._pending:
                 return
-            future = self._pool.submit(self._run, name, prepare, remove)
+            future = self._pool.submit(self._run, name, prepare, remove, run)
             self._pending[name] = future
         future.add_done_callback(lambda f: self._forget(name, f))
 
-    def _run(self, name: str, prepare: Callable[[], None], remove: Callable[[], None]) -> None:
+    def _run(self, name: str, prepare: Callable[[], None], remove: Callable[[], None],
+             run: tuple[str, str] | None = None) -> None:
         try:
             prepare()
         except Exception as exc:  # noqa: BLE001 - a builder not prepared is made when its shard starts, as always
@@ -49,6 +72,8 @@ class Preparer:
         with self._lock:
             discarded = name in self._discarded
             self._discarded.discard(name)
+            if run is not None and not discarded:  # claimed by ``settle``, which waits for this to end
+                self._made[name] = _Made(run, remove, time.monotonic() + UNCLAIMED_S)
         if discarded:
             try:
                 remove()
@@ -65,6 +90,13 @@ class Preparer:
         """Before builder ``name`` is started or removed: drop its prepare if it has not begun, else wait for it to
         end (``progress`` about once a second: a waiting activity heartbeats). ``discard``: it is being removed;
         should the wait run out, the prepare removes what it made once it ends."""
+        try:
+            self._settle(name, progress, timeout, discard)
+        finally:
+            with self._lock:
+                self._made.pop(name, None)  # claimed: its shard or its removal looks after it now
+
+    def _settle(self, name: str, progress: Callable[[], None], timeout: float, discard: bool) -> None:
         with self._lock:
             future = self._pending.get(name)
         if future is None or future.cancel():
@@ -85,6 +117,42 @@ class Preparer:
                     self._discarded.add(name)
         log.warning("builder still being prepared; going on", builder=name, waited_s=waited)
 
+    async def watch(self, is_open: Callable[[str, str], Awaitable[bool]], every: float = WATCH_S,
+                    most: float = 300.0) -> None:
+        """Remove the builders made here that no shard claimed once their run has closed: each run is asked
+        ``UNCLAIMED_S`` after its builder was made, then less and less often (at most every ``most`` seconds: a
+        builder of a later phase waits as long as the phases before it run). A run that cannot be asked keeps them."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            with self._lock:
+                due = {name: made.run for name, made in self._made.items() if made.due <= now}
+            for run in set(due.values()):
+                try:
+                    still_open = await is_open(*run)
+                except Exception as exc:  # noqa: BLE001 - the server away: asked again later
+                    log.info("could not ask whether a run is open", run_id=run[0], error=str(exc)[:200])
+                    still_open = True
+                for name in [n for n, r in due.items() if r == run]:
+                    with self._lock:
+                        made = self._made.get(name)
+                        if made is None:
+                            continue  # claimed meanwhile
+                        if still_open:
+                            made.every = min(made.every * 2, most)
+                            made.due = time.monotonic() + made.every
+                            continue
+                        del self._made[name]
+                    log.info("removing a prepared builder whose run has closed", builder=name, run_id=run[0])
+                    try:
+                        await asyncio.to_thread(made.remove)
+                    except Exception as exc:  # noqa: BLE001 - the reaper removes what is left
+                        log.warning("prepared builder not removed", builder=name, error=str(exc)[:200])
+
+    def unclaimed(self) -> list[str]:
+        with self._lock:
+            return sorted(self._made)
+
     def pending(self) -> int:
         with self._lock:
             return len(self._pending)
@@ -93,4 +161,5 @@ class Preparer:
         """The worker stops: queued prepares are dropped, those under way end on their own."""
         with self._lock:
             self._closed = True
+            self._made.clear()  # the reaper's now
         self._pool.shutdown(wait=False, cancel_futures=True)

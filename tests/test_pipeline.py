@@ -180,6 +180,39 @@ async def test_a_cancel_removes_the_running_and_the_prepared_builders(ks: Katkit
     assert _builders(ks.settings.home) == [] and processes_in(ks.settings.home / "builders") == []
 
 
+@pytest.mark.usefixtures("worker")
+async def test_a_run_cancelled_while_its_checkout_runs_leaves_no_prepared_builder(ks: Katkit, repo: Path,
+                                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checkout hands the first phases' builders to its host's preparer once it has read the plan; a run cancelled
+    before that ends at once (the checkout, which never heartbeats, runs on and hands them over all the same). Nothing
+    of the run can remove them then: the host does, once it finds their run closed, within seconds, not at the
+    reaper's next pass (minutes)."""
+    import threading
+
+    import activities.shards
+
+    reading, go_on = threading.Event(), threading.Event()
+    read_plan = activities.shards.check_run
+
+    def slow_check_run(*args, **kwargs):  # the checkout activity (in-process worker) reads the plan once told to
+        reading.set()
+        go_on.wait(60)
+        return read_plan(*args, **kwargs)
+
+    monkeypatch.setattr(activities.shards, "check_run", slow_check_run)
+    sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})
+    handle = await ks.start_run("d-pipe", "taskrunner", sha=sha, by="bob")
+    try:
+        await wait_for(reading.is_set, timeout=30)
+        await ks.cancel(handle.run_id)
+        await wait_for(lambda: status_is(ks, handle.run_id, "cancelled"), timeout=30)
+    finally:
+        go_on.set()
+    await wait_for(lambda: _builders(ks.settings.home), timeout=30)  # the checkout ended since, and handed them over
+    await wait_for(lambda: not _builders(ks.settings.home) and not processes_in(ks.settings.home / "builders"),
+                   timeout=45)
+
+
 async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, settings, repo: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from katkit.builders.local import LocalBuilder

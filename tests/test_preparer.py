@@ -73,3 +73,40 @@ def test_a_removal_that_gives_up_waiting_leaves_the_removal_to_the_prepare() -> 
     assert not removed.is_set()
     release.set()
     assert removed.wait(5)  # the prepare removed what it made
+
+
+async def test_watch_removes_unclaimed_builders_of_closed_runs_and_asks_open_ones_less_often(monkeypatch) -> None:
+    """Builders made here that no shard claimed: those of a closed run are removed; a claimed one never is; an open
+    run, or one that cannot be asked, keeps its builders and is asked less and less often."""
+    import asyncio
+
+    from katkit import preparer as module
+
+    monkeypatch.setattr(module, "UNCLAIMED_S", 0.1)
+    preparer, removed, asked = Preparer(workers=2), [], []
+    runs = {"closed": False, "open": True}
+
+    async def is_open(workflow_id: str, run_id: str) -> bool:
+        asked.append(workflow_id)
+        if workflow_id == "unknown":
+            raise RuntimeError("server away")
+        return runs[workflow_id]
+
+    for name, run in (("c1", "closed"), ("c2", "closed"), ("claimed", "closed"), ("o1", "open"), ("u1", "unknown")):
+        preparer.submit(name, lambda: None, remove=lambda n=name: removed.append(n), run=(run, "x"))
+    preparer.submit("no-run", lambda: None, remove=lambda: removed.append("no-run"))  # no run: never watched
+    for name in ("c1", "claimed", "o1"):
+        while name not in preparer.unclaimed():
+            await asyncio.sleep(0.01)
+    preparer.settle("claimed")  # its shard started: its own activity removes it
+    watch = asyncio.ensure_future(preparer.watch(is_open, every=0.05, most=0.4))
+    try:
+        await asyncio.sleep(1.5)
+    finally:
+        watch.cancel()
+    assert sorted(removed) == ["c1", "c2"]
+    assert preparer.unclaimed() == ["o1", "u1"]
+    assert asked.count("closed") == 1  # one question for the run's two builders
+    assert 2 <= asked.count("open") <= 6  # 0.2, 0.4, then every 0.4 s: not every 0.05 s
+    preparer.close()
+    assert preparer.unclaimed() == []

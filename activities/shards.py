@@ -178,7 +178,7 @@ class ShardActivities:
                     [PrepareAhead(phase=p, deadline=now + tenant.phase_timeout * (k + 1)) for k, p in enumerate(first)],
                     ShardInput(run_id=info.workflow_id, attempt_key=info.workflow_run_id, tenant=tenant, link=inp.link,
                                sha=plan.sha, phase=first[0], shard_index=0, local_fleet=plan.local_fleet, deadline=now,
-                               untrusted=inp.untrusted, ref=inp.ref))
+                               untrusted=inp.untrusted, ref=inp.ref), watch=True)
         plan.host_queue = self.host_queue  # the run's shards go to this host, which has just fetched the sha
         return plan
 
@@ -249,8 +249,10 @@ class ShardActivities:
         if self.log_store.is_finished(key):  # it ended meanwhile (a shard records its end before it removes its
             builder.remove(name)             # builder): this builder was made after that removal
 
-    def _prepare_ahead(self, ahead: list[PrepareAhead], like: ShardInput) -> None:
-        """Hand the builders of ``ahead`` (phases after ``like``'s, of the same run) to the preparer."""
+    def _prepare_ahead(self, ahead: list[PrepareAhead], like: ShardInput, watch: bool = False) -> None:
+        """Hand the builders of ``ahead`` (phases after ``like``'s, of the same run) to the preparer; ``watch``: the
+        checkout's, which its run cannot know of should it end before the checkout does (``Preparer.watch``; the
+        run discards those a shard handed over)."""
         where, builder = self._where(), self._builders(like.tenant)
         for item in ahead:
             for i in range(item.phase.parallelism):
@@ -258,7 +260,8 @@ class ShardActivities:
                                               "generation": 0, "log_note": "", "prepare": []})
                 name = builder_name(inp.run_id, inp.attempt_key, item.phase.name, i)
                 self.preparer.submit(name, functools.partial(self._prepare, inp, where),
-                                     remove=functools.partial(builder.remove, name), run=(inp.run_id, inp.attempt_key))
+                                     remove=functools.partial(builder.remove, name),
+                                     run=(inp.run_id, inp.attempt_key) if watch else None)
 
     def _run_shard_to_end(self, inp: ShardInput) -> ShardResult:
         name = builder_name(inp.run_id, inp.attempt_key, inp.phase.name, inp.shard_index, inp.generation)

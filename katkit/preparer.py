@@ -32,11 +32,10 @@ WATCH_S = 2.0  # how often ``watch`` looks for such builders
 
 
 @dataclass
-class _Made:
-    """A builder made here, not claimed yet: its run (workflow id, run id), how to remove it, when to ask again."""
+class _Watched:
+    """A run with builders made here that no shard has claimed yet: their removals, and when to ask about it again."""
 
-    run: tuple[str, str]
-    remove: Callable[[], None]
+    builders: dict[str, Callable[[], None]]
     due: float
     every: float = UNCLAIMED_S
 
@@ -48,7 +47,8 @@ class Preparer:
         self._lock = threading.Lock()
         self._pending: dict[str, Future[None]] = {}
         self._discarded: set[str] = set()  # removed while their prepare still ran: removed again once it ends
-        self._made: dict[str, _Made] = {}  # made here, no shard has claimed them yet (``watch``)
+        self._watched: dict[tuple[str, str], _Watched] = {}  # runs with builders made here, unclaimed (``watch``)
+        self._run_of: dict[str, tuple[str, str]] = {}  # such a builder -> its run
         self._closed = False
 
     def submit(self, name: str, prepare: Callable[[], None], remove: Callable[[], None] = lambda: None,
@@ -73,7 +73,9 @@ class Preparer:
             discarded = name in self._discarded
             self._discarded.discard(name)
             if run is not None and not discarded:  # claimed by ``settle``, which waits for this to end
-                self._made[name] = _Made(run, remove, time.monotonic() + UNCLAIMED_S)
+                watched = self._watched.setdefault(run, _Watched({}, time.monotonic() + UNCLAIMED_S))
+                watched.builders[name] = remove
+                self._run_of[name] = run
         if discarded:
             try:
                 remove()
@@ -93,8 +95,13 @@ class Preparer:
         try:
             self._settle(name, progress, timeout, discard)
         finally:
-            with self._lock:
-                self._made.pop(name, None)  # claimed: its shard or its removal looks after it now
+            with self._lock:  # claimed: its shard or its removal looks after it now
+                run = self._run_of.pop(name, None)
+                watched = self._watched.get(run) if run is not None else None
+                if run is not None and watched is not None:
+                    watched.builders.pop(name, None)
+                    if not watched.builders:
+                        del self._watched[run]
 
     def _settle(self, name: str, progress: Callable[[], None], timeout: float, discard: bool) -> None:
         with self._lock:
@@ -119,39 +126,42 @@ class Preparer:
 
     async def watch(self, is_open: Callable[[str, str], Awaitable[bool]], every: float = WATCH_S,
                     most: float = 300.0) -> None:
-        """Remove the builders made here that no shard claimed once their run has closed: each run is asked
-        ``UNCLAIMED_S`` after its builder was made, then less and less often (at most every ``most`` seconds: a
-        builder of a later phase waits as long as the phases before it run). A run that cannot be asked keeps them."""
+        """Remove the builders made here that no shard claimed once their run has closed: a run is asked
+        ``UNCLAIMED_S`` after its first such builder was made, then less and less often (at most every ``most``
+        seconds: a builder of a later phase waits as long as the phases before it run). A run that cannot be asked
+        keeps them."""
         while True:
             await asyncio.sleep(every)
             now = time.monotonic()
             with self._lock:
-                due = {name: made.run for name, made in self._made.items() if made.due <= now}
-            for run in set(due.values()):
+                due = [run for run, watched in self._watched.items() if watched.due <= now]
+            for run in due:
                 try:
                     still_open = await is_open(*run)
                 except Exception as exc:  # noqa: BLE001 - the server away: asked again later
                     log.info("could not ask whether a run is open", run_id=run[0], error=str(exc)[:200])
                     still_open = True
-                for name in [n for n, r in due.items() if r == run]:
-                    with self._lock:
-                        made = self._made.get(name)
-                        if made is None:
-                            continue  # claimed meanwhile
-                        if still_open:
-                            made.every = min(made.every * 2, most)
-                            made.due = time.monotonic() + made.every
-                            continue
-                        del self._made[name]
+                with self._lock:
+                    watched = self._watched.get(run)
+                    if watched is None:
+                        continue  # all claimed meanwhile
+                    if still_open:
+                        watched.every = min(watched.every * 3, most)
+                        watched.due = time.monotonic() + watched.every
+                        continue
+                    del self._watched[run]
+                    for name in watched.builders:
+                        self._run_of.pop(name, None)
+                for name, remove in watched.builders.items():
                     log.info("removing a prepared builder whose run has closed", builder=name, run_id=run[0])
                     try:
-                        await asyncio.to_thread(made.remove)
+                        await asyncio.to_thread(remove)
                     except Exception as exc:  # noqa: BLE001 - the reaper removes what is left
                         log.warning("prepared builder not removed", builder=name, error=str(exc)[:200])
 
     def unclaimed(self) -> list[str]:
         with self._lock:
-            return sorted(self._made)
+            return sorted(self._run_of)
 
     def pending(self) -> int:
         with self._lock:
@@ -161,5 +171,6 @@ class Preparer:
         """The worker stops: queued prepares are dropped, those under way end on their own."""
         with self._lock:
             self._closed = True
-            self._made.clear()  # the reaper's now
+            self._watched.clear()  # the reaper's now
+            self._run_of.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -26,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import katkit_on_dev_server, noop_pipeline, pct, run_commit  # noqa: E402
+from katkit.builders.docker import NO_IPV6  # noqa: E402
 from katkit.gitrepo import RepoMirror  # noqa: E402
 from katkit.log import configure_logging  # noqa: E402
 from katkit.sample import commit_files  # noqa: E402
@@ -60,11 +61,14 @@ def bare_api_runs(mirror: Path, sha: str, n: int) -> list[float]:
         t0 = time.perf_counter()
         made = api.create_container(IMAGE, command=["--spec-json", spec], environment={"KATKIT_PHASE": "BARE"},
                                     network_disabled=True, host_config=api.create_host_config(
-                                        binds={str(mirror): {"bind": "/katkit/mirror", "mode": "ro"}}))
-        api.start(made)
-        code = api.wait(made)["StatusCode"]
-        api.logs(made)
-        api.remove_container(made, force=True, v=True)
+                                        binds={str(mirror): {"bind": "/katkit/mirror", "mode": "ro"}},
+                                        network_mode="none", sysctls=NO_IPV6))
+        try:
+            api.start(made)
+            code = api.wait(made)["StatusCode"]
+            api.logs(made)
+        finally:
+            api.remove_container(made, force=True, v=True)
         times.append(time.perf_counter() - t0)
         assert code == 0, code
     return times

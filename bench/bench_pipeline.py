@@ -118,7 +118,7 @@ async def main(runs: int, prepare_ahead: int | None) -> None:
             alike = statistics.median(same)
             print(f"  {'docker phase vs the same container bare':38} {ours * 1000:8.0f} ms {alike * 1000:7.0f} ms   "
                   f"{ours / alike:5.2f}x  (no target: katkit's own container, networking disabled, made by the API "
-                  f"one after another: what pipelining alone gains)")
+                  f"one after another: what pipelining alone gains; the line above gains from the container too)")
         w, s = statistics.median(whole), statistics.median(bare_sum)
         print(f"  {b + f' pipeline vs {PHASES} bare runs':38} {w * 1000:8.0f} ms {s * 1000:7.0f} ms   "
               f"{w / s:5.2f}x  (no target: checkout, a first phase prepared only then, the run's start and end)")

@@ -6,7 +6,7 @@ It runs inside every builder (a local process, a container, an ECS task). Its sp
     {"repo_url": "...", "sha": "<40 hex>", "folder": "", "script": "ci.sh", "workspace": "/path", "env": {...},
      "checked_out": false,   # true: the workspace holds the sha already (a builder prepared in advance)
      "go": {"from": "stdin" or "/path/of/a/fifo", "timeout": 3600},   # optional: prepared in advance (below)
-     "hosts": false,         # true: name localhost in an empty /etc/hosts first (a container whose network is disabled)
+     "hosts": false,         # true: name localhost in /etc/hosts first, unless a line does (networking disabled)
      "cache": {"dir": "/cache/of/this/tenant/repo/branch", "paths": ["node_modules", "~/.cache/pip"], "save": true}}
 
 ``cache`` (optional): each path (``~/x``: in HOME; else in the checkout's folder) is copied from ``dir`` before
@@ -45,7 +45,8 @@ READY_LINE = "ready: ci.sh starts when the phase before has ended"
 SCRIPT_EXITED = "ci.sh exited "  # how the agent's line after ci.sh begins (Docker looks for the exit then)
 GO_LINE = "told to start"  # the first line after the start arrived: a builder that logged it has run or runs ci.sh
 DONE = "done"  # the agent's last line when the start carried a seal: "[katkit-agent] done SEAL CODE" (Docker)
-LOCALHOST = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"  # what Docker's network 'none' names
+LOCALHOST = ("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\n"
+             "ff00::0\tip6-mcastprefix\nff02::1\tip6-allnodes\nff02::2\tip6-allrouters\n")  # Docker's for 'none'
 
 # git asks this helper for credentials only when the server wants them. The token reaches git through the
 # environment of that git process, never its arguments (which any user of the host can list).
@@ -185,11 +186,14 @@ def await_go(go: dict[str, Any], fd: int) -> dict[str, Any] | None:
 
 def name_localhost(out: IO[bytes], path: str = "/etc/hosts") -> None:
     """A container whose network the engine disabled (a namespace of its own with only loopback, as on Docker's network
-    ``none``) gets an empty /etc/hosts, where nothing names localhost: the agent writes what ``none`` would have."""
+    ``none``) gets an empty /etc/hosts, where nothing names localhost: the agent adds what ``none`` would have there
+    (unless a line names localhost already)."""
     try:
-        if os.path.getsize(path) == 0:
-            with open(path, "w") as f:
-                f.write(LOCALHOST)
+        with open(path, "a+") as f:
+            f.seek(0)
+            text = f.read()
+            if not any("localhost" in line.split("#")[0].split()[1:] for line in text.splitlines()):
+                f.write(("\n" if text and not text.endswith("\n") else "") + LOCALHOST)
     except OSError as exc:
         _say(out, f"could not name localhost in {path}: {exc}")
 

@@ -6,9 +6,9 @@ event per prepared builder. Whoever needs a builder next settles its prepare fir
 queued is dropped (the builder is then made as it always was), one under way is waited for. A host that dies with
 prepares in hand leaves waiting builders: each waits at most its ``ready_for_s`` and the host's reaper removes it.
 
-A builder made here that no shard has claimed (settled) yet is looked after by ``watch``: once its run has closed
-(cancelled while its checkout still ran, which hands builders over all the same; terminated), it is removed within
-seconds, not at the reaper's next pass.
+A builder the checkout handed over that no shard has claimed (settled) yet is looked after by ``watch``: a run
+cancelled while its checkout still ran (the checkout runs on and hands its builders over all the same, where the run
+can no longer know of them) has them removed within seconds, not at the reaper's next pass.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ log = structlog.get_logger("katkit.preparer")
 SETTLE_S = 120.0  # at most this long a start waits for its builder's prepare (a docker create on a stalled engine)
 UNCLAIMED_S = 5.0  # a builder made here that no shard has claimed this long: is its run still open? (then less often)
 WATCH_S = 2.0  # how often ``watch`` looks for such builders
+ASK_S = 10.0  # at most this long ``watch`` waits for the server's answer about one run
 
 
 @dataclass
@@ -37,7 +38,7 @@ class _Watched:
 
     builders: dict[str, Callable[[], None]]
     due: float
-    every: float = UNCLAIMED_S
+    every: float
 
 
 class Preparer:
@@ -73,7 +74,7 @@ class Preparer:
             discarded = name in self._discarded
             self._discarded.discard(name)
             if run is not None and not discarded:  # claimed by ``settle``, which waits for this to end
-                watched = self._watched.setdefault(run, _Watched({}, time.monotonic() + UNCLAIMED_S))
+                watched = self._watched.setdefault(run, _Watched({}, time.monotonic() + UNCLAIMED_S, UNCLAIMED_S))
                 watched.builders[name] = remove
                 self._run_of[name] = run
         if discarded:
@@ -126,38 +127,44 @@ class Preparer:
 
     async def watch(self, is_open: Callable[[str, str], Awaitable[bool]], every: float = WATCH_S,
                     most: float = 300.0) -> None:
-        """Remove the builders made here that no shard claimed once their run has closed: a run is asked
-        ``UNCLAIMED_S`` after its first such builder was made, then less and less often (at most every ``most``
-        seconds: a builder of a later phase waits as long as the phases before it run). A run that cannot be asked
-        keeps them."""
+        """Remove the builders the checkout handed over (``submit`` with ``run``) that no shard claimed once their run
+        has closed: a run is asked ``UNCLAIMED_S`` after its first such builder was made (a run cancelled before its
+        checkout ended is closed by then), then a minute later, then every ``most`` seconds (a builder of a later phase
+        waits as long as the phases before it run). A run that cannot be asked keeps them."""
         while True:
             await asyncio.sleep(every)
-            now = time.monotonic()
+            try:
+                await self._ask(is_open, most)
+            except Exception as exc:  # noqa: BLE001 - never end the watch: the next round asks again
+                log.warning("watch of prepared builders failed; asking again later", error=str(exc)[:200])
+
+    async def _ask(self, is_open: Callable[[str, str], Awaitable[bool]], most: float) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [run for run, watched in self._watched.items() if watched.due <= now]
+        for run in due:
+            try:
+                still_open = await asyncio.wait_for(is_open(*run), ASK_S)
+            except Exception as exc:  # noqa: BLE001 - the server away or slow: asked again later
+                log.info("could not ask whether a run is open", run_id=run[0], error=str(exc)[:200] or type(exc).__name__)
+                still_open = True
             with self._lock:
-                due = [run for run, watched in self._watched.items() if watched.due <= now]
-            for run in due:
+                watched = self._watched.get(run)
+                if watched is None:
+                    continue  # all claimed meanwhile
+                if still_open:
+                    watched.every = min(watched.every * 12, most)
+                    watched.due = time.monotonic() + watched.every
+                    continue
+                del self._watched[run]
+                for name in watched.builders:
+                    self._run_of.pop(name, None)
+            for name, remove in watched.builders.items():
+                log.info("removing a prepared builder whose run has closed", builder=name, run_id=run[0])
                 try:
-                    still_open = await is_open(*run)
-                except Exception as exc:  # noqa: BLE001 - the server away: asked again later
-                    log.info("could not ask whether a run is open", run_id=run[0], error=str(exc)[:200])
-                    still_open = True
-                with self._lock:
-                    watched = self._watched.get(run)
-                    if watched is None:
-                        continue  # all claimed meanwhile
-                    if still_open:
-                        watched.every = min(watched.every * 3, most)
-                        watched.due = time.monotonic() + watched.every
-                        continue
-                    del self._watched[run]
-                    for name in watched.builders:
-                        self._run_of.pop(name, None)
-                for name, remove in watched.builders.items():
-                    log.info("removing a prepared builder whose run has closed", builder=name, run_id=run[0])
-                    try:
-                        await asyncio.to_thread(remove)
-                    except Exception as exc:  # noqa: BLE001 - the reaper removes what is left
-                        log.warning("prepared builder not removed", builder=name, error=str(exc)[:200])
+                    await asyncio.to_thread(remove)
+                except Exception as exc:  # noqa: BLE001 - the reaper removes what is left
+                    log.warning("prepared builder not removed", builder=name, error=str(exc)[:200])
 
     def unclaimed(self) -> list[str]:
         with self._lock:

@@ -251,7 +251,7 @@ async def test_local_fleet_picks_the_network(dk: Katkit, docker_api, repo: Path,
     docker_config.tenant(tenant).docker.tenant_network = "host"  # LocalFleet true joins the tenant's network
     docker_config.tenant(tenant).docker.cpus, docker_config.tenant(tenant).docker.memory = 0.5, "256m"
     # network none: the engine's networking disabled, the same isolation (test_prepared_builders)
-    for local_fleet, expected in (("true", ("host", False)), ("false", ("default", True))):
+    for local_fleet, expected in (("true", ("host", False)), ("false", ("none", True))):
         files = sample_files(image_repo, phase("HANG", 1))
         cfg = json.loads(files["katkitconfig.js"])
         cfg[0]["LocalFleet"] = local_fleet

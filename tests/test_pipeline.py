@@ -215,9 +215,11 @@ async def test_a_run_cancelled_while_its_checkout_runs_leaves_no_prepared_builde
 
 async def test_the_reaper_removes_prepared_builders_of_a_closed_run(client, settings, repo: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from katkit import preparer
     from katkit.builders.local import LocalBuilder
     from katkit.reaper import reap_once
 
+    monkeypatch.setattr(preparer, "UNCLAIMED_S", 3600.0)  # the host's own watch would remove some first
     monkeypatch.setenv("KATKIT_TEST_PIPE_TOKEN", TOKEN)
     ks = Katkit(client, settings, parse_config(CONFIG.format(url=repo)))
     sha = commit_files(repo, {"ci.sh": CI, "katkitconfig.js": PIPELINE, "slow_a": "1"})

@@ -246,9 +246,13 @@ def test_docker_log_followers_closed_as_their_stream_ends_leave_the_engine_clien
             assert api.inspect_container(container["Id"])["State"]["Status"] == "exited"
 
 
-ISOLATION = '''ls /sys/class/net | tr '\\n' ' '; echo
-getent hosts localhost
-python3 - <<'PY'
+
+PROBE = """ls /sys/class/net | tr '\\n' ' '; echo
+cat /proc/sys/net/ipv6/conf/lo/disable_ipv6
+getent ahosts localhost
+python3 -c "import socket; print(socket.getaddrinfo('localhost', 1)[0][4])"
+"""
+ISOLATION = PROBE + '''python3 - <<'PY'
 import socket
 try:  # the worker host's own loopback, where the test listens
     socket.create_connection(("127.0.0.1", HOST_PORT), timeout=3).close()
@@ -267,11 +271,21 @@ PY
 @pytest.mark.parametrize("prepared", [True, False])
 def test_docker_builders_on_network_none_are_isolated_with_the_engines_networking_disabled(
         docker_builder: DockerBuilder, spec: BuilderSpec, repo: Path, tmp_path: Path, prepared: bool) -> None:
-    """A builder on Docker's network ``none`` runs with the engine's networking disabled: a network namespace of its
-    own, made by runc, with only loopback (no engine network sandbox and hook processes: half a no-op container's
-    cost). Nothing changes for ci.sh: it cannot reach the worker host, its own loopback works, localhost resolves."""
+    """A builder on Docker's network ``none`` also has the engine's networking disabled: a network namespace of its
+    own, made by runc, with only loopback (no engine network sandbox and the processes it starts: half a no-op
+    container's cost). ci.sh sees what it sees on ``none``: the same interfaces, IPv6 off, localhost the same
+    addresses in the same order; it cannot reach the worker host, and its own loopback works."""
     import socket
 
+    api = docker_builder.api
+    plain = api.create_container(docker_builder.config.image, entrypoint=["sh", "-c", PROBE],
+                                 host_config=api.create_host_config(network_mode="none"), name=f"{spec.name}-plain")
+    try:
+        api.start(plain)
+        api.wait(plain)
+        on_none = api.logs(plain).decode()
+    finally:
+        api.remove_container(plain, force=True)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
         made = _with_script(repo, spec, ISOLATION.replace("HOST_PORT", str(port)))
@@ -280,13 +294,37 @@ def test_docker_builders_on_network_none_are_isolated_with_the_engines_networkin
         if prepared:
             docker_builder.prepare(made)
         assert docker_builder.start(made.model_copy(update={"first_try": True})) is True
-        config = docker_builder.api.inspect_container(made.name)["Config"]
+        info = api.inspect_container(made.name)
         code, log = _until_ended(docker_builder, made.name)
     assert code == 0, log
-    assert config.get("NetworkDisabled") is True
-    assert "\nlo \n" in log, log  # no other interface
-    assert re.search(r"^(127\.0\.0\.1|::1) +localhost", log, re.M) and "host loopback out of reach" in log, log
-    assert "own loopback works" in log, log
+    assert (info["Config"].get("NetworkDisabled"), info["HostConfig"]["NetworkMode"]) == (True, "none")
+    assert not info["NetworkSettings"]["SandboxKey"]  # no engine network sandbox
+    assert on_none.startswith("lo \n1\n127.0.0.1 ") and on_none in log, (on_none, log)
+    assert "host loopback out of reach" in log and "own loopback works" in log, log
+
+
+@pytest.mark.parametrize(("user", "label", "disabled"), [
+    ("", "1", True), ("root", "1", True), ("0", "1", True), ("0:0", "1", True), ("root:wheel", "1", True),
+    ("1000", "1", False), ("1000:1000", "1", False), ("nobody", "1", False), ("", "", False), ("", None, False)])
+def test_which_images_get_the_engines_networking_disabled(user: str, label: str | None, disabled: bool) -> None:
+    labels = {} if label is None else {"katkit.agent-hosts": label}
+    assert DockerBuilder._network_disabled("none", {"User": user, "Labels": labels}) is disabled
+    assert DockerBuilder._network_disabled("katkit-builders", {"User": user, "Labels": labels}) is False
+
+
+@pytest.mark.parametrize("before", ["", "10.0.0.1 db\n", "10.0.0.1 db", "# localhost\n"])
+def test_the_agent_names_localhost_unless_a_line_does(tmp_path: Path, before: str) -> None:
+    import io
+
+    from katkit import agent
+
+    hosts = tmp_path / "hosts"
+    hosts.write_text(before)
+    agent.name_localhost(io.BytesIO(), str(hosts))
+    named = before + ("\n" if before and not before.endswith("\n") else "") + agent.LOCALHOST
+    assert hosts.read_text() == named
+    agent.name_localhost(io.BytesIO(), str(hosts))  # named now: left as it is
+    assert hosts.read_text() == named
 
 
 @pytest.mark.parametrize("dockerfile", ["USER nobody", 'LABEL katkit.agent-hosts=""'])

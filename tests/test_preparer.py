@@ -107,6 +107,55 @@ async def test_watch_removes_unclaimed_builders_of_closed_runs_and_asks_open_one
     assert sorted(removed) == ["c1", "c2"]
     assert preparer.unclaimed() == ["o1", "u1"]
     assert asked.count("closed") == 1  # one question for the run's two builders
-    assert 2 <= asked.count("open") <= 5  # after 0.1, 0.3, then every 0.4 s: not every 0.05 s
+    assert 2 <= asked.count("open") <= 5  # after 0.1 s, then every 0.4 s (12 times longer, at most 0.4): not 0.05
     preparer.close()
     assert preparer.unclaimed() == []
+
+
+async def test_watch_asks_an_open_run_less_and_less_often_and_outlives_a_failing_server(monkeypatch) -> None:
+    import asyncio
+
+    from katkit import preparer as module
+
+    monkeypatch.setattr(module, "UNCLAIMED_S", 0.05)
+    monkeypatch.setattr(module, "ASK_S", 0.2)
+    preparer, asked = Preparer(workers=1), []
+
+    async def is_open(workflow_id: str, run_id: str) -> bool:
+        asked.append(time.monotonic())
+        if len(asked) == 2:
+            await asyncio.sleep(5)  # a server that does not answer: given up after ASK_S, asked again later
+        return True
+
+    preparer.submit("b", lambda: None, run=("open", "x"))
+    while not preparer.unclaimed():
+        await asyncio.sleep(0.01)
+    watch = asyncio.ensure_future(preparer.watch(is_open, every=0.02, most=3.0))
+    try:
+        await asyncio.sleep(4.5)
+    finally:
+        watch.cancel()
+    gaps = [b - a for a, b in zip(asked, asked[1:])]
+    assert len(asked) == 3 and 0.6 <= gaps[0] <= 1.2 and gaps[1] >= 2.9, gaps  # 0.05 s, then x12 (0.6 s), then 3 s
+    assert preparer.unclaimed() == ["b"]
+
+
+async def test_the_worker_runs_its_background_while_it_polls_and_cancels_it_when_it_stops() -> None:
+    import asyncio
+
+    from worker import KatkitWorker
+
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def background() -> None:
+        started.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with KatkitWorker(background=background):
+        await asyncio.wait_for(started.wait(), 5)
+        assert not cancelled.is_set()
+    await asyncio.wait_for(cancelled.wait(), 5)

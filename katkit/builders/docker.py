@@ -29,13 +29,14 @@ CACHE_IN_BUILDER = "/katkit/cache"
 CACHE_LABEL = "katkit.cache"
 QUEUE_CHUNKS = 64
 AGENT_WAITS_LABEL = "katkit.agent-waits"
-AGENT_HOSTS_LABEL = "katkit.agent-hosts"  # its agent names localhost in an empty /etc/hosts when asked ("hosts")
+AGENT_HOSTS_LABEL = "katkit.agent-hosts"  # its agent names localhost in /etc/hosts when asked ("hosts")
 ENDING = f"[katkit-agent] {SCRIPT_EXITED}".encode()  # the agent's line after ci.sh ("ci.sh exited 0 in 1.2 s")
 ENDING_POLL_S = 0.005
 REREAD_LIMIT = 4 << 20
 KEEP = 1 << 16  # bytes a log follower keeps of what it handed out (``_LogFollower.rewind``)
 NEW_READER_WAIT_S = 0.2  # an exited builder's log up to this long is read to its end at once (``_read_to_the_end``)
 _SPECIAL_NETWORKS = ("none", "host", "bridge")
+NO_IPV6 = {f"net.ipv6.conf.{nic}.disable_ipv6": "1" for nic in ("all", "default", "lo")}
 _RUNNING = ("created", "running", "restarting", "paused")
 
 E = TypeVar("E", bound="EngineUser")
@@ -309,11 +310,12 @@ class DockerBuilder(EngineUser):
 
     @staticmethod
     def _network_disabled(network: str, image: dict[str, Any]) -> bool:
-        """Whether a builder on Docker's network ``none`` runs with the engine's networking disabled instead: the same
-        isolation (a network namespace of its own with only loopback), made by runc alone, without the engine's
-        network sandbox, its hook process and IPv6 set-up, which cost half of a no-op container's start and removal.
-        Its /etc/hosts is then empty, so its agent names localhost there: only for an image whose agent does (label
-        ``katkit.agent-hosts``) and runs as root. ``image``: the image's config."""
+        """Whether a builder on Docker's network ``none`` also has the engine's networking disabled: the same
+        isolation (a network namespace of its own with only loopback, IPv6 off), made by runc alone, without the
+        engine's network sandbox and the processes it starts for it (``libnetwork-setkey``, ``set-ipv6``), which cost
+        half of a no-op container's start and removal. Its /etc/hosts is then empty, so its agent names localhost
+        there as ``none`` would: only for an image whose agent does (label ``katkit.agent-hosts``) and runs as root.
+        ``image``: the image's config."""
         user = str(image.get("User") or "").partition(":")[0]
         return (network == "none" and (image.get("Labels") or {}).get(AGENT_HOSTS_LABEL) == "1"
                 and user in ("", "root", "0"))
@@ -432,8 +434,9 @@ class DockerBuilder(EngineUser):
             if disabled:
                 agent_spec["hosts"] = True
             host_config = self.api.create_host_config(
-                binds=binds, network_mode=None if disabled else network,
+                binds=binds, network_mode=network,  # 'none' kept: an engine that ignores NetworkDisabled isolates too
                 mem_limit=self.config.memory, nano_cpus=int(self.config.cpus * 1e9) if self.config.cpus else None,
+                sysctls=NO_IPV6 if disabled else None,  # as the engine's set-up for 'none' leaves it
             )
             labels = {**spec.labels, BUILDER_LABEL: "1", **({PREPARED_LABEL: "1"} if prepared else {})}
             if waits:  # the agent waits for one line on its stdin: ci.sh's environment (``_tell_to_start``)

@@ -111,7 +111,7 @@ class DeployActivities:
 
     async def _ask_until_granted(self, req: LockRequest) -> LockGrant:
         assert self.client is not None
-        asked, position = time.monotonic(), 0
+        asked, position, strained = time.monotonic(), 0, 0
         while True:
             start = ledger_start(activity.info().task_queue, req.tenant, req.service, self.lock_watchdog_s, req.policy)
             call = asyncio.ensure_future(self.client.execute_update_with_start_workflow(
@@ -127,12 +127,16 @@ class DeployActivities:
                 raise
             try:
                 grant: LockGrant = call.result()
+                strained = 0
             except WorkflowUpdateFailedError:  # turned away before it was taken: still queued, its place kept
                 grant = LockGrant(granted=False, queued=True, position=position)
             except RPCError as exc:
                 if not _ask_again(exc):
                     raise
+                # turned away or aborted: the lock's worker is behind. Asking again at once only adds to what it has
+                # to answer (each ask is a workflow task), so those who wait back off until it keeps up
                 grant = LockGrant(granted=False, queued=True, position=position)
+                strained += 1
             finally:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(start.workflow_handle(), 0.01)  # its outcome taken: never logged unread
@@ -141,8 +145,10 @@ class DeployActivities:
                 return grant
             position = grant.position
             activity.heartbeat(f"waiting for the deploy lock ({position} before it)")
-            # the closer it is to its turn, the sooner it asks again (each ask is an update in flight a moment)
-            await asyncio.sleep(min(2.0, 0.2 + 0.05 * position) * random.uniform(0.7, 1.3))
+            # the closer it is to its turn, the sooner it asks again (each ask is an update in flight a moment);
+            # after asks the server turned away or aborted, later and later (0.5, 1, 2, 4 s, then every 5 s)
+            delay = min(5.0, 0.25 * 2 ** strained) if strained else min(2.0, 0.2 + 0.05 * position)
+            await asyncio.sleep(delay * random.uniform(0.7, 1.3))
 
     async def _update_lock(self, req: LockRequest, name: str, arg: object) -> None:
         """An update of the lock workflow (release, record), asked again while the server turns it away for the

@@ -130,6 +130,7 @@ class DeployActivities:
                 strained = 0
             except WorkflowUpdateFailedError:  # turned away before it was taken: still queued, its place kept
                 grant = LockGrant(granted=False, queued=True, position=position)
+                strained = 0  # the lock's worker answered: it keeps up
             except RPCError as exc:
                 if not _ask_again(exc):
                     raise

@@ -199,26 +199,32 @@ def start_dev_server(home: Path, *, port: int = 7233, ui_port: int = 8233, detac
         raise InfraError(f"127.0.0.1:{port} is in use: something else listens there; stop it or pick another port")
     home.mkdir(parents=True, exist_ok=True)
     for attempt in range(3):
-        with open(home / "temporal-server.log", "ab") as logf:
-            proc = subprocess.Popen(
-                dev_server_command(home, port, ui_port), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                start_new_session=detach,
-            )
-        (home / "temporal-server.pid").write_text(str(proc.pid))
-        deadline = time.monotonic() + 60
-        while not port_open("127.0.0.1", port):
-            if proc.poll() is not None:
-                tail = " ".join((home / "temporal-server.log").read_text(errors="replace").strip().splitlines()[-1:])
-                # the server picks its HTTP API port itself (a free one, bound a moment later): another process may
-                # take it meanwhile; then it picks again. Not so for the ports asked for.
-                theirs = "address already in use" in tail and not any(f"127.0.0.1:{p}:" in tail for p in (port, ui_port))
-                if theirs and attempt < 2:
-                    break
-                raise InfraError(f"the Temporal dev server exited at start: {tail}; see {home / 'temporal-server.log'}")
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise InfraError("the Temporal dev server did not open its port within 60 s")
-            time.sleep(0.1)
-        else:
+        proc = _launch(home, port, ui_port, detach, retry=attempt < 2)
+        if proc is not None:
             return proc
-    raise AssertionError("unreachable")
+    raise AssertionError("the last attempt raises")
+
+
+def _launch(home: Path, port: int, ui_port: int, detach: bool, retry: bool) -> subprocess.Popen[bytes] | None:
+    """One start of the dev server, waited for; None when ``retry`` and it lost its own pick of an HTTP API port."""
+    with open(home / "temporal-server.log", "ab") as logf:
+        proc = subprocess.Popen(
+            dev_server_command(home, port, ui_port), stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+            start_new_session=detach,
+        )
+    (home / "temporal-server.pid").write_text(str(proc.pid))
+    deadline = time.monotonic() + 60
+    while not port_open("127.0.0.1", port):
+        if proc.poll() is not None:
+            tail = " ".join((home / "temporal-server.log").read_text(errors="replace").strip().splitlines()[-1:])
+            # the server picks its HTTP API port itself (a free one, bound a moment later): another process may take
+            # it meanwhile; started again, it picks again. Not so for the ports asked for.
+            theirs = "address already in use" in tail and not any(f"127.0.0.1:{p}:" in tail for p in (port, ui_port))
+            if theirs and retry:
+                return None
+            raise InfraError(f"the Temporal dev server exited at start: {tail}; see {home / 'temporal-server.log'}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise InfraError("the Temporal dev server did not open its port within 60 s")
+        time.sleep(0.1)
+    return proc
